@@ -1,0 +1,1 @@
+"""Builder stage: importers, generation, scoring, pairing rules, round building, publishing."""

@@ -1,0 +1,1 @@
+"""Eval stage: the gold-reward sandbox, judges, win rates and reports."""

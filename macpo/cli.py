@@ -1,0 +1,63 @@
+"""``macpo``: a thin dispatcher. Each command lives in its own module exposing ``main(argv)``.
+
+Modules are imported only when their command runs, so ``macpo --help`` stays fast and a
+command never pays for torch unless it needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from macpo import __version__
+from macpo.errors import UserError
+
+# name -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("macpo.orchestrate", "full MACPO loop on the built-in gold-reward sandbox (CPU)"),
+    "run": ("macpo.orchestrate", "full loop (bootstrap, rounds, eval) from a YAML config; resumes"),
+    "import": ("macpo.builder.importers", "import hh-rlhf / trl / llamafactory preference data into a store"),
+    "build": ("macpo.builder.rounds", "builder stage: build one round of a run into the store"),
+    "train": ("macpo.trainer.cli", "trainer stage: SFT / DPO / DPO+NLL / SPIN / SPAC on a round dataset"),
+    "eval": ("macpo.eval.cli", "eval stage: generate on held-out prompts, score, write the report"),
+    "sql": ("macpo.sql", "read-only DuckDB SQL over every dataset version in a store"),
+    "audit": ("macpo.audit", "named data-quality audits over a store"),
+    "push": ("macpo.builder.publish", "publish one round to the Hugging Face Hub as one commit + tag"),
+    "status": ("macpo.status", "list datasets, versions, row counts and content hashes"),
+}
+
+_HELP = "\n".join(
+    ["usage: macpo <command> [options]", "", "Weak-to-strong alignment on round-versioned preference data.", "", "commands:"]
+    + [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
+    + ["", "Run 'macpo <command> --help' for a command's options."]
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_HELP)
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        print(f"macpo {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.stderr.write(f"macpo: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})\n")
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        code = module.main(rest) if name not in {"demo", "run"} else module.main(rest, command=name)
+    except UserError as exc:
+        sys.stderr.write(f"macpo {name}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"macpo {name}: interrupted\n")
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Trainer stage: one agent, one round dataset, TRL + PEFT."""
