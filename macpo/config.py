@@ -66,11 +66,11 @@ class TrainStage:
 
 def _default_train() -> dict:
     return {
-        "teacher_sft": TrainStage(loss="sft", lr=1e-3, epochs=5, batch_size=64),
-        "teacher_neg_sft": TrainStage(loss="sft", lr=1e-3, epochs=3, batch_size=64),
+        "teacher_sft": TrainStage(loss="sft", lr=1e-3, epochs=5.0, batch_size=64),
+        "teacher_neg_sft": TrainStage(loss="sft", lr=1e-3, epochs=3.0, batch_size=64),
         "student_sft": TrainStage(loss="sft", lr=5e-4, max_steps=8, batch_size=64),
-        "student_neg_sft": TrainStage(loss="sft", lr=5e-4, epochs=3, batch_size=64),
-        "dpo": TrainStage(loss="dpo-nll", lr=1e-3, epochs=1, batch_size=32),
+        "student_neg_sft": TrainStage(loss="sft", lr=5e-4, epochs=3.0, batch_size=64),
+        "dpo": TrainStage(loss="dpo-nll", lr=1e-3, epochs=1.0, batch_size=32),
     }
 
 
@@ -159,7 +159,11 @@ def _coerce(cls, f: dataclasses.Field, value: Any, where: str):
                 pass
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise UserError(f"config {where}: expected a number, got {value!r}")
-        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+        if isinstance(default, float):
+            return float(value)
+        if not float(value).is_integer():
+            raise UserError(f"config {where}: expected an integer, got {value!r}")
+        return int(value)
     return value
 
 
