@@ -1,0 +1,118 @@
+"""``macpo audit``: named data-quality audits, each one SQL file.
+
+An audit is a ``.sql`` file over the read-only views of ``macpo sql`` returning one row
+with ``count``, ``verdict`` (ok / warn / fail / info) and ``detail``. The built-in ones live
+in ``macpo/audits/``; add your own with ``--audits-dir DIR`` or by dropping ``*.sql``
+files into ``STORE/.audits/``. The leading ``--`` comment lines are the description.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from macpo.cliutil import make_parser
+from macpo.errors import UserError
+
+
+@dataclass
+class AuditResult:
+    name: str
+    count: int
+    verdict: str
+    detail: str
+    description: str
+
+
+@dataclass
+class Audit:
+    name: str
+    sql: str
+
+    @property
+    def description(self) -> str:
+        lines = [l[2:].strip() for l in self.sql.splitlines() if l.startswith("--")]
+        return " ".join(l for l in lines if not l.startswith("verdict:"))
+
+
+def available_audits(extra_dirs: list[Path] | None = None) -> dict[str, Audit]:
+    audits = {}
+    builtin = resources.files("macpo.audits")
+    for entry in sorted(builtin.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            audits[entry.name[:-4]] = Audit(entry.name[:-4], entry.read_text())
+    for folder in extra_dirs or []:
+        for path in sorted(Path(folder).glob("*.sql")):
+            audits[path.stem] = Audit(path.stem, path.read_text())
+    return audits
+
+
+def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -> list[AuditResult]:
+    """Run audits over ``store`` (a Store), optionally restricted to one dataset/version."""
+    from macpo.sql import check_read_only, connect, store_sources
+
+    dirs = list(extra_dirs or [])
+    if (store.root / ".audits").is_dir():
+        dirs.append(store.root / ".audits")
+    audits = available_audits(dirs)
+    selected = list(audits) if not names else list(names)
+    unknown = [n for n in selected if n not in audits]
+    if unknown:
+        raise UserError(f"unknown audit(s) {', '.join(unknown)} (available: {', '.join(audits)})")
+    if dataset is not None:
+        store.resolve(dataset, version)
+    con = connect(store_sources(store, dataset, version), [store.root])
+    results = []
+    for name in selected:
+        audit = audits[name]
+        statements = check_read_only(con, audit.sql)
+        try:
+            rel = con.execute(statements[-1].query)
+            cols = [d[0] for d in rel.description]
+            row = dict(zip(cols, rel.fetchone() or ()))
+        except Exception as exc:  # a user-written audit with a SQL error
+            raise UserError(f"audit {name} failed: {str(exc).splitlines()[0]}") from None
+        missing = {"count", "verdict"} - set(row)
+        if missing:
+            raise UserError(f"audit {name} must return columns count and verdict (missing: {', '.join(sorted(missing))})")
+        results.append(AuditResult(name, int(row["count"] or 0), str(row["verdict"]), str(row.get("detail") or ""), audit.description))
+    return results
+
+
+def main(argv: list[str]) -> int:
+    p = make_parser("audit", __doc__)
+    p.add_argument("names", nargs="*", metavar="NAME", help="audits to run (default: all)")
+    p.add_argument("--store", required=True, help="store directory")
+    p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--version", help="only this version (with --dataset)")
+    p.add_argument("--audits-dir", action="append", type=Path, default=[], help="extra folder of *.sql audits")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--list", action="store_true", help="list available audits and exit")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any audit fails")
+    args = p.parse_args(argv)
+    if args.version and not args.dataset:
+        raise UserError("--version needs --dataset")
+    from macpo.store import Store
+
+    store = Store(args.store)
+    if args.list:
+        for a in available_audits(args.audits_dir + ([store.root / ".audits"] if (store.root / ".audits").is_dir() else [])).values():
+            print(f"{a.name:<24} {a.description}")
+        return 0
+    results = run_audits(store, args.dataset, args.version, args.names, args.audits_dir)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=1))
+    else:
+        width = max(len(r.name) for r in results)
+        for r in results:
+            print(f"{r.name:<{width}}  {r.verdict.upper():<4}  count={r.count}  {r.detail}".rstrip())
+    return 1 if args.strict and any(r.verdict == "fail" for r in results) else 0
+
+
+if __name__ == "__main__":
+    from macpo.cli import main as cli_main
+
+    raise SystemExit(cli_main(["audit", *sys.argv[1:]]))
