@@ -1,0 +1,375 @@
+"""``macpo build``: the builder stage. Models + prompts in, one immutable round version out.
+
+Round 0 (bootstrap) comes in three parts, because training happens in between:
+
+- ``teachers``: ``round-0-teachers`` = ``teacher-sft`` (D_w chosen) + ``teacher-neg-sft`` (D_w rejected).
+- ``labels``: ``round-0-labels`` = ``weak-labels`` / ``weak-negatives`` written on Q by the weak-label
+  teacher and its negative model (greedy, like the prototype in research/sandbox.md).
+- ``final``: ``round-0`` = all of the above + ``hard-negatives``: one response per (learner, prompt)
+  from the learner's own negative model, generated once and reused by every later round.
+
+Round N >= 1 (MACPO): every positive agent samples candidates on Q with its round N-1 model;
+the student scores the teachers' candidates (familiarity), each teacher scores the student's;
+the pairing rules (:mod:`macpo.builder.pairing`) make one ``pairs`` subset per learner, written
+with the ``candidates`` subset as ``round-N``.
+
+SPAC / SPIN / DPO runs: ``round-0`` holds ``student-sft`` (the offline chosen responses);
+round N pairs the offline (y+, y-) with the policy's own sample y' (``self_response``).
+
+Generation and scoring are checkpointed per shard of prompts under the store's work folder,
+so a killed build resumes without redoing finished shards; shard seeds depend only on
+(seed, round, agent, shard), so a resumed build has the same content hash.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from macpo.cliutil import make_parser, parse_kv
+from macpo.config import RunConfig
+from macpo.errors import UserError
+from macpo.layout import RunLayout
+
+SHARD_PROMPTS = 256
+BOOTSTRAP_PARTS = ("teachers", "labels", "final")
+
+
+# ---- small table helpers ---------------------------------------------------------------
+def _sft_rows(prompts, completions, *, prompt_ids, agent, source_agent, round_, sampling: dict | None = None):
+    import pyarrow as pa
+
+    n = len(prompts)
+    cols = {
+        "example_id": [f"r{round_}-{agent}-{pid}" for pid in prompt_ids],
+        "prompt_id": list(prompt_ids),
+        "round": pa.array([round_] * n, pa.int32()),
+        "agent": [agent] * n,
+        "prompt": list(prompts),
+        "completion": [[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in completions],
+        "source_agent": [source_agent] * n,
+    }
+    for key, value in (sampling or {}).items():
+        cols[key] = [value] * n
+    return pa.table(cols)
+
+
+def _concat(tables):
+    import pyarrow as pa
+
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+class RoundBuilder:
+    def __init__(self, cfg: RunConfig, progress: bool = True):
+        from macpo.store import Store
+
+        self.cfg = cfg
+        self.layout = RunLayout(cfg)
+        self.store = Store(self.layout.store_dir, create=True)
+        self.progress = progress
+
+    # ---- inputs ------------------------------------------------------------------------
+    def data(self, subset: str):
+        name, version = self.store.resolve(self.layout.data_dataset)
+        return self.store.read(name, version, subset)
+
+    def _round(self, version: str, subset: str):
+        if not self.store.has(self.layout.rounds_dataset, version):
+            raise UserError(f"{self.layout.rounds_dataset}/{version} is missing; build it first")
+        return self.store.read(self.layout.rounds_dataset, version, subset)
+
+    def _sampling(self, round_: int, agent: str, shard: int, greedy: bool = False):
+        from macpo.builder.generate import SamplingParams, derive_seed
+
+        s = self.cfg.sampling
+        seed = derive_seed(s.seed, self.cfg.seed, round_, agent, shard)
+        n = s.n if self.cfg.hard_negative or self.cfg.method != "macpo" else max(s.n, 2)
+        if greedy:
+            return SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens, n=1, seed=seed)
+        return SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, n, seed)
+
+    # ---- sharded, resumable generation ---------------------------------------------------
+    def generate(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy=False):
+        """Candidates of ``agent`` on every prompt, one Parquet checkpoint per shard."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        work = self.store.work_dir(self.layout.rounds_dataset, version)
+        n = prompts_table.num_rows
+        shards = range((n + SHARD_PROMPTS - 1) // SHARD_PROMPTS)
+        generator = None
+        tables = []
+        for shard in shards:
+            path = work / f"gen-{agent}-{shard:05d}.parquet"
+            if path.is_file():
+                tables.append(pq.read_table(path))
+                continue
+            if generator is None:
+                from macpo.builder.generate import TransformersGenerator
+
+                generator = TransformersGenerator.load(model_path, batch_size=self.cfg.sampling.batch_size, progress=self.progress)
+            part = prompts_table.slice(shard * SHARD_PROMPTS, SHARD_PROMPTS)
+            params = self._sampling(round_, agent, shard, greedy)
+            prompts = part.column("prompt").to_pylist()
+            outputs = generator.generate(prompts, params)
+            rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
+            for pid, prompt, samples in zip(part.column("prompt_id").to_pylist(), prompts, outputs):
+                for k, text in enumerate(samples):
+                    rows["candidate_id"].append(f"r{round_}-{agent}-{pid}-{k}")
+                    rows["prompt_id"].append(pid)
+                    rows["sample_index"].append(k)
+                    rows["prompt"].append(prompt)
+                    rows["response"].append([{"role": "assistant", "content": text}])
+            m = len(rows["candidate_id"])
+            table = pa.table(
+                {
+                    **rows,
+                    "round": pa.array([round_] * m, pa.int32()),
+                    "agent": [agent] * m,
+                    "sample_index": pa.array(rows["sample_index"], pa.int32()),
+                    **{k: [v] * m for k, v in params.columns().items()},
+                }
+            )
+            _atomic_parquet(table, path)
+            tables.append(table)
+        return _concat(tables)
+
+    def score(self, version: str, scorer: str, model_path: Path, candidates):
+        """Perplexity of each candidate under ``scorer``'s model; checkpointed per shard."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from macpo.builder.score import score
+
+        work = self.store.work_dir(self.layout.rounds_dataset, version)
+        model = tokenizer = None
+        out = []
+        step = SHARD_PROMPTS * max(1, self.cfg.sampling.n)
+        for shard, start in enumerate(range(0, candidates.num_rows, step)):
+            path = work / f"ppl-{scorer}-{shard:05d}-{candidates.num_rows}.parquet"
+            if path.is_file():
+                out.append(pq.read_table(path))
+                continue
+            if model is None:
+                from macpo.builder.models import load_model
+
+                model, tokenizer = load_model(model_path)
+            part = candidates.slice(start, step)
+            s = score(model, tokenizer, part.column("prompt").to_pylist(), part.column("response").to_pylist(),
+                      progress=self.progress, desc=f"score under {scorer}")
+            table = pa.table({"candidate_id": part.column("candidate_id"), "scorer": [scorer] * part.num_rows, "ppl": pa.array(s.ppl, pa.float64())})
+            _atomic_parquet(table, path)
+            out.append(table)
+        return _concat(out)
+
+    # ---- round 0 -------------------------------------------------------------------------
+    def next_bootstrap_part(self) -> str:
+        name = self.layout.rounds_dataset
+        if not self.store.has(name, "round-0-teachers"):
+            return "teachers"
+        if not self.store.has(name, "round-0-labels"):
+            return "labels"
+        return "final"
+
+    def build_teachers(self):
+        from macpo.store import Subset
+
+        dw = self.data("dw")
+        prompts, ids = dw.column("prompt").to_pylist(), dw.column("prompt_id").to_pylist()
+        chosen = dw.column("chosen").to_pylist()
+        if self.cfg.method in {"spac", "spin", "dpo"}:
+            # pi_0 for self-play methods: the student SFT'd on the offline chosen responses.
+            sft = _sft_rows(prompts, chosen, prompt_ids=ids, agent="student", source_agent="human", round_=0)
+            subsets = {"student-sft": Subset("sft", sft)}
+        else:
+            rejected = dw.column("rejected").to_pylist()
+            subsets = {
+                "teacher-sft": Subset("sft", _sft_rows(prompts, chosen, prompt_ids=ids, agent="teachers", source_agent="human", round_=0)),
+                "teacher-neg-sft": Subset("sft", _sft_rows(prompts, rejected, prompt_ids=ids, agent="teachers-neg", source_agent="human", round_=0)),
+            }
+        return self._write("round-0-teachers", subsets, parent=None)
+
+    def build_labels(self):
+        from macpo.store import Subset
+
+        w = f"teacher-{self.cfg.weak_label_teacher}"
+        q = self.data("q")
+        out = {}
+        for subset, agent in (("weak-labels", w), ("weak-negatives", f"{w}-neg")):
+            if subset == "weak-negatives" and self.cfg.method == "naive-w2s":
+                continue  # the naive baseline never trains a student negative
+            cands = self.generate("round-0-labels", 0, agent, self.layout.require_model(agent, 0), q, greedy=True)
+            cols = {c: cands.column(c).to_pylist() for c in ("prompt", "response", "prompt_id")}
+            sampling = {k: cands.column(k)[0].as_py() for k in ("temperature", "top_p", "top_k", "max_new_tokens")}
+            table = _sft_rows(cols["prompt"], cols["response"], prompt_ids=cols["prompt_id"], agent="student" if subset == "weak-labels" else "student-neg",
+                              source_agent=agent, round_=0, sampling=sampling)
+            table = table.append_column("seed", cands.column("seed"))
+            out[subset] = Subset("sft", table)
+        return self._write("round-0-labels", out, parent=self._hash("round-0-teachers"))
+
+    def build_round0_final(self):
+        from macpo.store import Subset
+
+        name = self.layout.rounds_dataset
+        subsets = {}
+        for version in ("round-0-teachers", "round-0-labels"):
+            for s in self.store.subsets(name, version):
+                subsets[s] = Subset("sft", self.store.read(name, version, s))
+        if self.cfg.method == "macpo":
+            q = self.data("q")
+            negatives = []
+            for learner in self.cfg.agent_names():
+                agent = f"{learner}-neg"
+                cands = self.generate("round-0", 0, agent, self.layout.require_model(agent, 0), q)
+                first = cands.filter(_eq(cands.column("sample_index"), 0))
+                table = _sft_rows(first.column("prompt").to_pylist(), first.column("response").to_pylist(),
+                                  prompt_ids=first.column("prompt_id").to_pylist(), agent=learner, source_agent=agent, round_=0,
+                                  sampling={k: first.column(k)[0].as_py() for k in ("temperature", "top_p", "top_k", "max_new_tokens")})
+                negatives.append(table.append_column("seed", first.column("seed")))
+            subsets["hard-negatives"] = Subset("sft", _concat(negatives))
+        return self._write("round-0", subsets, parent=self._hash("round-0-labels") if self.store.has(name, "round-0-labels") else self._hash("round-0-teachers"))
+
+    # ---- round N >= 1 --------------------------------------------------------------------
+    def build_round(self, n: int):
+        if self.cfg.method in {"spac", "spin", "dpo"}:
+            return self._build_self_play_round(n)
+        if self.cfg.method != "macpo":
+            raise UserError(f"method {self.cfg.method!r} has no rounds after bootstrap (set T: 0)")
+        from macpo.builder import pairing
+        from macpo.store import Subset
+
+        version = f"round-{n}"
+        previous = "round-0" if n == 1 else f"round-{n - 1}"
+        hard_negatives = self._round("round-0", "hard-negatives")
+        self._round(previous, next(iter(self.store.subsets(self.layout.rounds_dataset, previous))))
+        q = self.data("q")
+        models = {a: self.layout.require_model(a, n - 1) for a in self.cfg.agent_names()}
+        candidates = _concat([self.generate(version, n, a, models[a], q) for a in self.cfg.agent_names()])
+        # Familiarity: the student scores teacher candidates; each teacher scores the student's.
+        is_student = _eq(candidates.column("agent"), "student")
+        scores = [self.score(version, "student", models["student"], candidates)]
+        for t in self.cfg.teacher_names():
+            scores.append(self.score(version, t, models[t], candidates.filter(is_student)))
+        candidates = pairing.attach_familiarity(candidates, _concat(scores))
+        pairs = pairing.macpo_pairs(
+            candidates, hard_negatives, round_=n,
+            mutual_positive=self.cfg.mutual_positive, hard_negative=self.cfg.hard_negative,
+        )
+        subsets = {"candidates": Subset("candidates", candidates)}
+        for learner, table in pairs.items():
+            if self.cfg.store_ref_logps:
+                table = self._with_ref_logps(table, learner, n)
+            subsets[learner] = Subset("pairs", table)
+        return self._write(version, subsets, parent=self._hash(previous), models={a: str(p) for a, p in models.items()})
+
+    def _build_self_play_round(self, n: int):
+        from macpo.builder import pairing
+        from macpo.store import Subset
+
+        version = f"round-{n}"
+        previous = "round-0" if n == 1 else f"round-{n - 1}"
+        self._round(previous, next(iter(self.store.subsets(self.layout.rounds_dataset, previous))))
+        offline = self.data("dw")
+        model = self.layout.require_model("student", n - 1)
+        prompts = offline.select(["prompt_id", "prompt"])
+        candidates = self.generate(version, n, "student", model, prompts)
+        pairs = pairing.self_play_pairs(offline, candidates, round_=n, pair_type=self.cfg.method, agent="student")
+        if self.cfg.store_ref_logps:
+            pairs = self._with_ref_logps(pairs, "student", n)
+        subsets = {"student": Subset("pairs", pairs), "candidates": Subset("candidates", candidates)}
+        return self._write(version, subsets, parent=self._hash(previous), models={"student": str(model)})
+
+    def _with_ref_logps(self, table, learner: str, n: int):
+        """Reference log-probs under the learner's DPO reference, so training skips the ref model."""
+        import pyarrow as pa
+
+        from macpo.builder.models import load_model
+        from macpo.builder.score import score_pairs
+
+        stage = self.cfg.train["dpo"]
+        ref = self.layout.require_model(learner, n - 1) if stage.ref == "previous" else self.layout.base_model(learner)
+        model, tokenizer = load_model(ref)
+        prompts = table.column("prompt").to_pylist()
+        chosen, rejected = score_pairs(model, tokenizer, prompts, table.column("chosen").to_pylist(),
+                                       table.column("rejected").to_pylist(), max_length=stage.max_length, progress=self.progress)
+        table = _replace(table, "ref_chosen_logps", pa.array(chosen.sum_logps, pa.float64()))
+        table = _replace(table, "ref_rejected_logps", pa.array(rejected.sum_logps, pa.float64()))
+        if "self_response" in table.column_names and table.column("self_response").null_count == 0:
+            _, own = score_pairs(model, tokenizer, prompts, table.column("chosen").to_pylist(),
+                                 table.column("self_response").to_pylist(), max_length=stage.max_length, progress=self.progress)
+            table = _replace(table, "ref_self_logps", pa.array(own.sum_logps, pa.float64()))
+        return table
+
+    # ---- writing ---------------------------------------------------------------------------
+    def _hash(self, version: str) -> str:
+        return self.store.manifest(self.layout.rounds_dataset, version)["content_hash"]
+
+    def _write(self, version, subsets, parent, models=None):
+        data_name, data_version = self.store.resolve(self.layout.data_dataset)
+        return self.store.write(
+            self.layout.rounds_dataset, version, subsets, parent_hash=parent, config=self.cfg.to_dict(),
+            models={**{a: self._model_record(a) for a in self.cfg.agent_names()}, **({"used": models} if models else {})},
+            extra={"method": self.cfg.method, "data": {"dataset": data_name, "version": data_version,
+                                                      "content_hash": self.store.manifest(data_name, data_version)["content_hash"]}},
+        )
+
+    def _model_record(self, agent: str) -> dict:
+        spec = self.cfg.student if agent == "student" else self.cfg.teachers[int(agent.split("-")[1])]
+        return {"model": spec.model, "revision": spec.revision}
+
+
+def _eq(column, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(column, value)
+
+
+def _replace(table, name, values):
+    idx = table.schema.get_field_index(name)
+    return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
+
+
+def _atomic_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def build(cfg: RunConfig, round_: int, part: str | None = None, progress: bool = True):
+    """Build round ``round_`` (for round 0: the next bootstrap part, or ``part``)."""
+    if round_ < 0 or round_ > cfg.T:
+        raise UserError(f"round {round_} is outside 0..T={cfg.T}")
+    b = RoundBuilder(cfg, progress=progress)
+    if round_ > 0:
+        return b.build_round(round_)
+    part = part or b.next_bootstrap_part()
+    if part not in BOOTSTRAP_PARTS:
+        raise UserError(f"unknown round-0 part {part!r} (parts: {', '.join(BOOTSTRAP_PARTS)})")
+    return {"teachers": b.build_teachers, "labels": b.build_labels, "final": b.build_round0_final}[part]()
+
+
+def main(argv: list[str]) -> int:
+    p = make_parser("build", __doc__)
+    p.add_argument("--config", required=True, help="run config YAML (a macpo run's OUT/run.yaml)")
+    p.add_argument("--round", type=int, required=True, help="round to build (0 = bootstrap)")
+    p.add_argument("--part", choices=BOOTSTRAP_PARTS, help="round-0 part (default: the next one missing)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = p.parse_args(argv)
+    from macpo import config as config_mod
+
+    cfg = config_mod.load(args.config, parse_kv(args.set))
+    result = build(cfg, args.round, args.part, progress=not args.no_progress)
+    state = "built" if result.created else "unchanged (already built with identical content)"
+    print(f"{result.name}/{result.version}: {state}; content {result.content_hash}")
+    return 0
+
+
+if __name__ == "__main__":
+    from macpo.cli import main as cli_main
+
+    raise SystemExit(cli_main(["build", *sys.argv[1:]]))

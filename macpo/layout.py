@@ -1,0 +1,84 @@
+"""Where a run keeps things. One place, so builder, trainer calls, eval and the orchestrator agree.
+
+    OUT/
+      run.yaml                    the resolved config (the whole truth of the run)
+      store/                      the round store
+        <name>-data/<version>     offline data: dw (pairs), q (prompts), test (prompts)
+        <name>/round-0-teachers   bootstrap SFT data for the teachers
+        <name>/round-0-labels     weak labels and weak negatives
+        <name>/round-0 ... round-T
+        <name>-evals/round-N      eval generations + scores
+        run-state.json            orchestrator progress (macpo status shows it)
+      models/round-N/<agent>/     trained models (full model or LoRA adapter folder)
+      logs/<step>.log             each stage subprocess's output
+      report.md, metrics.csv, *.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from macpo.config import RunConfig
+from macpo.errors import UserError
+
+
+class RunLayout:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.out / "store"
+
+    @property
+    def rounds_dataset(self) -> str:
+        return self.cfg.name
+
+    @property
+    def data_dataset(self) -> str:
+        return f"{self.cfg.name}-data"
+
+    @property
+    def evals_dataset(self) -> str:
+        return f"{self.cfg.name}-evals"
+
+    def model_dir(self, agent: str, round_: int) -> Path:
+        return self.out / "models" / f"round-{round_}" / agent
+
+    def base_model(self, agent: str) -> str:
+        """The configured base model of ``agent`` (``student``, ``teacher-k``, or their ``-neg``)."""
+        name = agent.removesuffix("-neg")
+        if name == "student":
+            spec = self.cfg.student
+        else:
+            try:
+                spec = self.cfg.teachers[int(name.split("-")[1])]
+            except (IndexError, ValueError):
+                raise UserError(f"unknown agent {agent!r}") from None
+        if spec.model.startswith("sandbox:"):
+            raise UserError(f"{agent}: sandbox model {spec.model!r} was not resolved; run through macpo run/demo")
+        return spec.model
+
+    def latest_model(self, agent: str, up_to_round: int) -> Path | None:
+        """The newest trained model of ``agent`` from a round <= ``up_to_round``."""
+        for r in range(up_to_round, -1, -1):
+            path = self.model_dir(agent, r)
+            if _is_model(path):
+                return path
+        return None
+
+    def require_model(self, agent: str, up_to_round: int) -> Path:
+        path = self.latest_model(agent, up_to_round)
+        if path is None:
+            raise UserError(
+                f"model for {agent} (round <= {up_to_round}) is missing under {self.out / 'models'}; train it first"
+            )
+        return path
+
+    def log_path(self, step: str) -> Path:
+        return self.out / "logs" / f"{step}.log"
+
+
+def _is_model(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
