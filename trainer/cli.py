@@ -1,0 +1,63 @@
+"""``macpo train``: the trainer stage as a command (see train_config.py for every option).
+
+``--launcher accelerate`` re-runs the same command under ``accelerate launch -m macpo.trainer``
+(several GPUs, or several CPU processes); ``accelerate launch -m macpo.trainer ...`` directly
+works too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from macpo.errors import UserError
+
+
+def accelerate_command(cfg) -> list[str]:
+    """``accelerate launch ... -m macpo.trainer <flags>`` reproducing ``cfg`` without the launcher."""
+    from macpo.trainer.modeling import use_cpu
+    from macpo.trainer.train_config import to_argv
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg.accelerate_config:
+        if not os.path.isfile(cfg.accelerate_config):
+            raise UserError(f"--accelerate-config {cfg.accelerate_config} does not exist")
+        cmd += ["--config_file", cfg.accelerate_config]
+    if cfg.num_processes:
+        cmd += ["--num_processes", str(cfg.num_processes)]
+    if use_cpu(cfg):
+        cmd += ["--cpu"]
+    if not cfg.accelerate_config:
+        # accelerate's defaults need a config file or these; be explicit so no ~/.cache config leaks in.
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if cfg.num_processes > 1 and not use_cpu(cfg):
+            cmd += ["--multi_gpu"]
+    cmd += ["-m", "macpo.trainer", *to_argv(cfg, skip=("launcher", "num_processes", "accelerate_config"))]
+    return cmd
+
+
+def main(argv: list[str]) -> int:
+    from macpo.trainer.train_config import parse_args
+
+    cfg = parse_args(argv)
+    if cfg.launcher == "accelerate":
+        return subprocess.call(accelerate_command(cfg))
+
+    from macpo.trainer.train import run_training
+
+    metrics = run_training(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        losses = metrics["losses"]
+        span = f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no logged steps"
+        print(
+            f"trained {cfg.loss} for {metrics['steps']} step(s) on {metrics['rows']} rows "
+            f"(loss {span}, {metrics['seconds']:.1f} s); wrote {cfg.out} ({metrics['model']['saved']})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    from macpo.cli import main as cli_main
+
+    raise SystemExit(cli_main(["train", *sys.argv[1:]]))

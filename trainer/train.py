@@ -1,0 +1,256 @@
+"""The trainer stage's one entry point: ``run_training(cfg) -> metrics``.
+
+TRL does the training (``SFTTrainer``, ``DPOTrainer`` and the SPAC subclass in
+objectives.py), PEFT the adapters. This module wires them to the store: it loads the
+subset, chooses the reference, and writes the outputs atomically — everything goes to a
+hidden ``.NAME.partial`` folder next to ``--out`` that is renamed into place only when
+complete, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from macpo.errors import UserError
+from macpo.trainer.data import Prepared, load_source, to_trl_dataset
+from macpo.trainer.modeling import Policy, load_policy, load_tokenizer, resolve_precision, use_cpu
+from macpo.trainer.train_config import TrainConfig, validate
+
+TRAINER_SCRATCH = "_trainer"
+
+
+@dataclass
+class Session:
+    """Everything one training run is made of (tests build it to inspect single batches)."""
+
+    cfg: TrainConfig
+    trainer: Any
+    prepared: Prepared
+    provenance: dict
+    policy: Policy
+    tokenizer: Any
+
+
+def set_threads(cfg: TrainConfig) -> int:
+    import torch
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n = cfg.threads or max(1, (os.cpu_count() or 1) // max(local, 1))
+    torch.set_num_threads(n)
+    return n
+
+
+def training_args(cfg: TrainConfig, output_dir: str, stored_ref: bool):
+    """TRL config for ``cfg``; CPU-safe defaults (fp32, no checkpointing, no reports, no checkpoints)."""
+    precision = resolve_precision(cfg)
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio in transformers 5
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not sys.stderr.isatty(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=use_cpu(cfg),
+        activation_checkpointing=cfg.activation_checkpointing,
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+    )
+    if cfg.loss == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig(**common)
+    from trl import DPOConfig
+
+    loss_type, loss_weights = ["sigmoid"], None
+    if cfg.loss == "dpo-nll":  # MACPO: DPO + γ · length-averaged NLL on chosen (TRL's former rpo_alpha)
+        loss_type, loss_weights = ["sigmoid", "sft"], [1.0, cfg.nll_weight]
+    return DPOConfig(
+        **common,
+        beta=cfg.beta,
+        loss_type=loss_type,
+        loss_weights=loss_weights,
+        precompute_ref_log_probs=stored_ref,
+    )
+
+
+def prepare(cfg: TrainConfig, output_dir: str | os.PathLike) -> Session:
+    """Load data, model and reference, and build the TRL trainer (no training yet)."""
+    validate(cfg)
+    table, provenance = load_source(cfg.data, cfg.subset, cfg.dataset, cfg.version)
+    where = f"{provenance.get('dataset') or provenance['source']}/{provenance.get('version') or provenance.get('revision')}/{cfg.subset}"
+    prepared = to_trl_dataset(table, cfg.loss, where, cfg.max_samples)
+    set_threads(cfg)
+    tokenizer = load_tokenizer(cfg)
+    need_ref = cfg.loss != "sft" and not prepared.stored_ref
+    policy = load_policy(cfg, need_ref=need_ref)
+    args = training_args(cfg, str(output_dir), prepared.stored_ref)
+    kwargs = dict(model=policy.model, args=args, train_dataset=prepared.dataset, processing_class=tokenizer,
+                  peft_config=policy.peft_config)
+    if cfg.loss == "sft":
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(**kwargs)
+    else:
+        from macpo.trainer.objectives import SPACTrainer, StoredRefDPOTrainer
+
+        if cfg.loss == "spac":
+            trainer = SPACTrainer(ref_model=policy.ref_model, alpha=cfg.alpha, **kwargs)
+        else:
+            trainer = StoredRefDPOTrainer(ref_model=policy.ref_model, **kwargs)
+        if policy.drop_ref_adapter:
+            # --ref base with a continued adapter: without TRL's "ref" copy, the reference pass
+            # runs with adapters disabled, i.e. the base model.
+            trainer.model.delete_adapter("ref")
+    if len(trainer.train_dataset) == 0:
+        raise UserError(f"{where}: every row's prompt fills --max-length {cfg.max_length}; nothing left to train on")
+    return Session(cfg, trainer, prepared, provenance, policy, tokenizer)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train one agent and write ``cfg.out``; returns the metrics written to metrics.json."""
+    validate(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"--out {out} already exists (pass --overwrite to replace it)")
+    from accelerate import PartialState
+
+    state = PartialState()
+    tmp = out.parent / f".{out.name}.partial"
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    state.wait_for_everyone()
+    try:
+        session = prepare(cfg, tmp / TRAINER_SCRATCH)
+        started = time.time()
+        result = session.trainer.train()
+        seconds = time.time() - started
+        saved = _save_model(session, tmp, state)
+        metrics = _metrics(session, result, seconds, saved)
+        if state.is_main_process:
+            from macpo.trainer.card import write_model_card
+
+            shutil.rmtree(tmp / TRAINER_SCRATCH, ignore_errors=True)
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; train_config.json says the same
+            _write_json(tmp / "metrics.json", metrics)
+            _write_json(tmp / "train_config.json", cfg.to_dict())
+            write_model_card(tmp, cfg, metrics)
+            _publish(tmp, out)
+        state.wait_for_everyone()
+    except BaseException:
+        if state.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _save_model(session: Session, tmp: Path, state) -> str:
+    from accelerate.utils import is_peft_model
+
+    trainer, cfg = session.trainer, session.cfg
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft_model(model) and "ref" in model.peft_config:
+        model.delete_adapter("ref")  # TRL's frozen reference copy is not part of the result
+    if not is_peft_model(model):
+        trainer.save_model(str(tmp))
+        return "full"
+    if not cfg.merge:
+        trainer.save_model(str(tmp))
+        return "adapter"
+    # Merge from the saved adapter on the main process: works the same under DDP, ZeRO-3 and FSDP,
+    # where the in-memory weights may be sharded. The adapter stays next to the merged model so the
+    # next round can continue it.
+    trainer.save_model(str(tmp / "adapter"))
+    if state.is_main_process:
+        from peft import PeftModel
+
+        from macpo.trainer.modeling import load_base
+
+        merged = PeftModel.from_pretrained(load_base(cfg), str(tmp / "adapter")).merge_and_unload()
+        merged.save_pretrained(str(tmp))
+        session.tokenizer.save_pretrained(str(tmp))
+    return "merged"
+
+
+def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
+    import resource
+
+    import peft
+    import transformers
+    import trl
+
+    from macpo import __version__
+
+    trainer, cfg = session.trainer, session.cfg
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h and "train_loss" not in h]
+    steps = trainer.state.global_step
+    last = next((h for h in reversed(history) if "loss" in h and "train_loss" not in h), {})
+    return {
+        "loss": cfg.loss,
+        "losses": losses,
+        "train_loss": result.training_loss,
+        "steps": steps,
+        "epochs": trainer.state.epoch,
+        "rows": len(trainer.train_dataset),
+        "dataset": session.provenance,
+        "data": session.prepared.note,
+        "model": {
+            "base": cfg.model,
+            "revision": cfg.model_revision,
+            "gguf_file": cfg.gguf_file,
+            "adapter_in": cfg.adapter,
+            "saved": saved,
+            "lora": None if cfg.lora_r == 0 and not cfg.adapter else {
+                "r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets, "continued": bool(cfg.adapter)},
+        },
+        "reference": session.policy.reference,
+        "hyperparameters": {
+            k: getattr(cfg, k)
+            for k in ("lr", "lr_scheduler", "batch_size", "grad_accum", "epochs", "max_steps", "beta",
+                      "nll_weight", "alpha", "max_length", "seed", "ref")
+        },
+        "final_step": {k: v for k, v in last.items() if k not in ("loss", "step", "epoch")},
+        "world_size": trainer.accelerator.num_processes,
+        "seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / steps, 4) if steps else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": {"macpo": __version__, "trl": trl.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place (replacing an old one only with --overwrite)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
