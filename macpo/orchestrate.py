@@ -1,0 +1,308 @@
+"""``macpo run`` / ``macpo demo``: the whole loop from one YAML config.
+
+bootstrap (round 0) -> T rounds of build -> train every agent -> eval after every round -> report.
+Each stage runs as its own process (``python -m macpo.cli build|train|eval``), joined only
+through the store and the models folder. A rerun resumes: every step records the hash of
+its inputs in ``STORE/run-state.json`` and is skipped when that hash matches and its
+output exists; an interrupted build resumes from its shard checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from macpo.cliutil import make_parser, parse_kv
+from macpo.config import RunConfig, TrainStage
+from macpo.errors import UserError
+from macpo.hashing import json_hash
+from macpo.layout import RunLayout
+
+CLI = [sys.executable, "-m", "macpo.cli"]
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    done: Callable[[], bool]
+    deps: list[str] = field(default_factory=list)
+    # Outputs to delete before re-running (models are folders, not immutable store versions).
+    clears: list[Path] = field(default_factory=list)
+    config_sections: tuple[str, ...] = ()
+
+
+def _train_argv(layout: RunLayout, stage: TrainStage, *, agent: str, version: str, subset: str, start: Path | str,
+                lora_from: Path | None, out: Path, seed: int, loss: str | None = None) -> list[str]:
+    argv = [
+        *CLI, "train", "--data", str(layout.store_dir), "--dataset", layout.rounds_dataset, "--version", version,
+        "--subset", subset, "--model", str(start), "--loss", loss or stage.loss, "--out", str(out), "--overwrite",
+        "--lr", repr(stage.lr), "--epochs", repr(stage.epochs), "--max_steps", str(stage.max_steps),
+        "--batch_size", str(stage.batch_size), "--grad_accum", str(stage.grad_accum), "--beta", repr(stage.beta),
+        "--nll_weight", repr(stage.nll_weight), "--alpha", repr(stage.alpha), "--lora_r", str(stage.lora_r),
+        "--lora_alpha", str(stage.lora_alpha), "--ref", stage.ref, "--max_length", str(stage.max_length),
+        "--seed", str(seed),
+    ]
+    if stage.lora_r > 0:
+        argv += ["--lora_targets", *stage.lora_targets]
+    if lora_from is not None:
+        argv += ["--adapter", str(lora_from)]
+    return argv
+
+
+def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
+    """The run's steps in order. Pure: looks at the config, never at the disk (except in ``done``)."""
+    layout = RunLayout(cfg)
+    store = layout.store_dir
+    name = layout.rounds_dataset
+    conf = ["--config", str(config_path)]
+
+    def has(dataset: str, version: str) -> Callable[[], bool]:
+        return lambda: (store / dataset / version / "manifest.json").is_file()
+
+    def model(agent: str, round_: int) -> Callable[[], bool]:
+        p = layout.model_dir(agent, round_)
+        return lambda: (p / "metrics.json").is_file()
+
+    steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"), config_sections=("world", "seed", "student", "teachers", "K", "name"))]
+
+    def train(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None, deps: list[str], loss=None):
+        stage = cfg.train[stage_name]
+        out = layout.model_dir(agent, round_)
+        # Full fine-tuning continues from the previous model folder; LoRA from the base + previous adapter.
+        if start_from is None:
+            start, lora_from = layout.base_model(agent), None
+        elif stage.lora_r > 0:
+            start, lora_from = layout.base_model(agent), Path(start_from)
+        else:
+            start, lora_from = start_from, None
+        seed = cfg.seed * 1000 + round_
+        steps.append(Step(f"train {agent} round-{round_}", _train_argv(layout, stage, agent=agent, version=version, subset=subset,
+                                                                        start=start, lora_from=lora_from, out=out, seed=seed, loss=loss),
+                          model(agent, round_), deps=deps, clears=[out], config_sections=("train",)))
+        return steps[-1].name
+
+    def build(round_: int, part: str | None, version: str, deps: list[str]):
+        argv = [*CLI, "build", *conf, "--round", str(round_), "--no-progress"] + (["--part", part] if part else [])
+        steps.append(Step(f"build {version}", argv, has(name, version), deps=deps))
+        return steps[-1].name
+
+    def evaluate(round_: int, deps: list[str]):
+        steps.append(Step(f"eval round-{round_}", [*CLI, "eval", *conf, "--round", str(round_)], has(layout.evals_dataset, f"round-{round_}"), deps=deps,
+                          config_sections=("eval",)))
+        return steps[-1].name
+
+    teachers = cfg.teacher_names()
+    md = lambda a, r: str(layout.model_dir(a, r))  # noqa: E731
+    if cfg.method in {"macpo", "naive-w2s"}:
+        b0 = build(0, "teachers", "round-0-teachers", ["prepare"])
+        t_pos = [train(t, 0, "teacher_sft", "round-0-teachers", "teacher-sft", None, [b0]) for t in teachers]
+        t_neg = []
+        if cfg.method == "macpo":
+            t_neg = [train(f"{t}-neg", 0, "teacher_neg_sft", "round-0-teachers", "teacher-neg-sft", md(t, 0), [p]) for t, p in zip(teachers, t_pos)]
+        else:
+            w = teachers[cfg.weak_label_teacher]
+            t_neg = [train(f"{w}-neg", 0, "teacher_neg_sft", "round-0-teachers", "teacher-neg-sft", md(w, 0), t_pos)]
+        b1 = build(0, "labels", "round-0-labels", t_pos + t_neg)
+        s_pos = train("student", 0, "student_sft", "round-0-labels", "weak-labels", None, [b1])
+        last = [s_pos]
+        if cfg.method == "macpo":
+            s_neg = train("student-neg", 0, "student_neg_sft", "round-0-labels", "weak-negatives", md("student", 0), [s_pos])
+            last = [build(0, "final", "round-0", [s_neg])]
+        else:
+            last = [build(0, "final", "round-0", [s_pos])]
+        e = evaluate(0, last + t_pos)
+        rounds = cfg.T if cfg.method == "macpo" else 0
+        for t in range(1, rounds + 1):
+            b = build(t, None, f"round-{t}", last + [e])
+            learners = ["student"] + (teachers if cfg.update_teachers else [])
+            last = [train(a, t, "dpo", f"round-{t}", a, md(a, t - 1), [b]) for a in learners]
+            e = evaluate(t, last)
+    else:  # spac / spin / dpo over the offline pairs
+        b0 = build(0, "teachers", "round-0-teachers", ["prepare"])
+        s0 = train("student", 0, "student_sft", "round-0-teachers", "student-sft", None, [b0])
+        last = [build(0, "final", "round-0", [s0])]
+        e = evaluate(0, last)
+        for t in range(1, cfg.T + 1):
+            b = build(t, None, f"round-{t}", last + [e])
+            last = [train("student", t, "dpo", f"round-{t}", "student", md("student", t - 1), [b], loss=cfg.method)]
+            e = evaluate(t, last)
+    steps.append(Step("report", [*CLI, "eval", *conf, "--report"], lambda: (layout.out / "report.md").is_file(), deps=[e], config_sections=("eval",)))
+    return steps
+
+
+# ---- running -------------------------------------------------------------------------------
+class RunState:
+    def __init__(self, path: Path, cfg: RunConfig):
+        self.path = path
+        self.data = {"name": cfg.name, "config_hash": cfg.hash(), "steps": []}
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text())
+                self.data["steps"] = old.get("steps", [])
+            except json.JSONDecodeError:
+                pass
+
+    def key_of(self, name: str) -> str | None:
+        for s in self.data["steps"]:
+            if s["name"] == name and s.get("status") == "done":
+                return s.get("key")
+        return None
+
+    def record(self, steps: list[Step], keys: dict[str, str], done: dict[str, float]) -> None:
+        self.data["steps"] = [
+            {"name": s.name, "key": keys[s.name], "status": "done" if s.name in done else "pending", "seconds": done.get(s.name)}
+            for s in steps
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+def step_keys(cfg: RunConfig, steps: list[Step]) -> dict[str, str]:
+    """Input hash of each step: its command, the config sections it reads, and its deps' keys."""
+    base = cfg.to_dict()
+    shared = {k: v for k, v in base.items() if k not in {"train", "eval", "out"}}
+    keys: dict[str, str] = {}
+    for s in steps:
+        argv = [a for a in s.argv if a != sys.executable]
+        sections = {k: base[k] for k in s.config_sections if k in base}
+        keys[s.name] = json_hash({"step": s.name, "argv": argv, "shared": shared, "sections": sections,
+                                  "deps": [keys[d] for d in s.deps]})
+    return keys
+
+
+def execute(cfg: RunConfig, config_path: Path, *, verbose: bool = False) -> None:
+    layout = RunLayout(cfg)
+    steps = plan(cfg, config_path)
+    keys = step_keys(cfg, steps)
+    layout.store_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(layout.store_dir / "run-state.json", cfg)
+    done: dict[str, float] = {}
+    width = len(str(len(steps)))
+    t_run = time.time()
+    for i, step in enumerate(steps, 1):
+        label = f"[{i:>{width}}/{len(steps)}] {step.name}"
+        if state.key_of(step.name) == keys[step.name] and step.done():
+            done[step.name] = 0.0
+            print(f"{label}: up to date", flush=True)
+            continue
+        for path in step.clears:
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"{label} ...", end="" if not verbose else "\n", flush=True)
+        t0 = time.time()
+        _run_subprocess(step, layout.log_path(_slug(step.name)), verbose)
+        done[step.name] = round(time.time() - t0, 2)
+        print(f" done in {done[step.name]:.1f}s" if not verbose else f"{label}: done in {done[step.name]:.1f}s", flush=True)
+        state.record(steps, keys, done)
+    state.record(steps, keys, done)
+    print(f"run {cfg.name} complete in {time.time() - t_run:.0f}s; output in {layout.out}", flush=True)
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace("/", "_")
+
+
+def _run_subprocess(step: Step, log: Path, verbose: bool) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    with open(log, "w") as fh:
+        fh.write("$ " + " ".join(step.argv) + "\n")
+        fh.flush()
+        proc = subprocess.run(step.argv, stdout=None if verbose else fh, stderr=subprocess.STDOUT if not verbose else None, env=env)
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-1:] if not verbose else []
+        reason = tail[0] if tail else f"exit code {proc.returncode}"
+        msg = f"step '{step.name}' failed: {reason} (log: {log})"
+        if proc.returncode == 2:
+            raise UserError(msg)
+        print(file=sys.stderr)
+        print(f"macpo run: {msg}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+# ---- config resolution ------------------------------------------------------------------------
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Replace ``sandbox:<name>`` models by their cached folders (computed, not trained, here)."""
+    import dataclasses
+
+    sandbox = [a for a in [cfg.student, *cfg.teachers] if a.model.startswith("sandbox:")]
+    if not sandbox:
+        return cfg
+    from macpo.eval import sandbox_models
+
+    def fix(spec):
+        if not spec.model.startswith("sandbox:"):
+            return spec
+        return dataclasses.replace(spec, model=str(sandbox_models.model_dir(cfg.world, spec.model.split(":", 1)[1])))
+
+    return dataclasses.replace(cfg, student=fix(cfg.student), teachers=[fix(t) for t in cfg.teachers])
+
+
+def prepare_run(config_path: str | None, overrides: dict[str, str], base: dict | None = None) -> tuple[RunConfig, Path]:
+    from macpo import config as config_mod
+
+    cfg = config_mod.load(config_path, overrides, base=base)
+    cfg = resolve_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = out / "run.yaml"
+    config_mod.dump(cfg, resolved)
+    return cfg, resolved
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("macpo.eval") / "configs" / "demo.yaml"))
+
+
+def summarize(cfg: RunConfig) -> str:
+    """The three numbers a user cares about, from the report's metrics.json."""
+    path = Path(cfg.out) / "metrics.json"
+    if not path.is_file():
+        return ""
+    m = json.loads(path.read_text())
+    lines = [f"report: {Path(cfg.out) / 'report.md'}"]
+    for key, label in (("student_round0", "student gold reward, round 0 (naive weak-to-strong)"),
+                       ("student_final", f"student gold reward, after round {cfg.T}"),
+                       ("best_teacher", "best teacher gold reward")):
+        if key in m and m[key] is not None:
+            lines.append(f"  {label}: {m[key]:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str], command: str = "run") -> int:
+    if command == "demo":
+        p = make_parser("demo", "Run the full MACPO loop (K=3 teachers, T=3 rounds) on the built-in gold-reward sandbox, on CPU.\n"
+                        "A cold run (pretraining the sandbox models) takes a few minutes; later runs reuse the cache.")
+        p.add_argument("--out", default="macpo-demo", help="output folder (default: ./macpo-demo)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+        p.add_argument("--verbose", action="store_true", help="stream every stage's output")
+        args = p.parse_args(argv)
+        overrides = {"out": args.out, **parse_kv(args.set)}
+        config_path = str(demo_config_path())
+    else:
+        p = make_parser("run", __doc__)
+        p.add_argument("config", help="run config YAML")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (dotted path), e.g. --set T=2")
+        p.add_argument("--out", help="output folder (overrides the config's `out`)")
+        p.add_argument("--verbose", action="store_true", help="stream every stage's output")
+        args = p.parse_args(argv)
+        overrides = parse_kv(args.set)
+        if args.out:
+            overrides["out"] = args.out
+        config_path = args.config
+    cfg, resolved = prepare_run(config_path, overrides)
+    print(f"macpo {command}: {cfg.name} ({cfg.method}, K={cfg.K}, T={cfg.T}) -> {cfg.out}", flush=True)
+    execute(cfg, resolved, verbose=args.verbose)
+    summary = summarize(cfg)
+    if summary:
+        print(summary)
+    return 0
