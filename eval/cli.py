@@ -1,0 +1,158 @@
+"""``macpo eval``: the eval stage.
+
+- ``--prepare``: make the run's data (``<name>-data``: ``dw`` pairs, ``q`` and ``test`` prompts)
+  and, for the built-in sandbox, pretrain (or load from cache) the agents' base models.
+- ``--round N``: every agent's round-N model answers the held-out prompts (greedy); each
+  answer is scored per axis — the gold reward in the sandbox, and any sequence-classification
+  reward models named in ``eval.reward_models`` — and written as ``<name>-evals/round-N``.
+- ``--report``: the round x agent table, ``metrics.csv``, win rates against the round-0
+  student, PNG plots and ``report.md`` in the run's output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from macpo.cliutil import make_parser, parse_kv
+from macpo.config import RunConfig
+from macpo.errors import UserError
+from macpo.layout import RunLayout
+
+
+def is_sandbox(cfg: RunConfig) -> bool:
+    return bool(cfg.world) or any(str(a.model).startswith("sandbox:") for a in [cfg.student, *cfg.teachers])
+
+
+# ---- prepare ---------------------------------------------------------------------------------
+def prepare(cfg: RunConfig) -> None:
+    from macpo.store import Store
+
+    layout = RunLayout(cfg)
+    store = Store(layout.store_dir, create=True)
+    if is_sandbox(cfg):
+        from macpo.eval import sandbox_models, world
+
+        names = [f"teacher-{k}" for k in range(cfg.K)] + ["student"]
+        sandbox_models.prepare_models(cfg.world, names=names)
+        world.write_world(store, layout.data_dataset, cfg.world)
+        return
+    split_offline_data(cfg, store, layout.data_dataset)
+
+
+def split_offline_data(cfg: RunConfig, store, name: str) -> None:
+    """Real preference data: a deterministic split of one stored pairs subset into dw / q / test.
+
+    ``data: {store, dataset, version, subset, test_fraction, q_fraction}``. The split hashes
+    the prompt id, so it does not depend on row order.
+    """
+    import hashlib
+
+    import pyarrow as pa
+
+    from macpo.store import Store, Subset
+
+    d = cfg.data
+    if not d.get("store"):
+        raise UserError("config data.store is required when the run does not use the sandbox")
+    src = Store(d["store"])
+    ds, version = src.resolve(d.get("dataset"), d.get("version"))
+    pairs = src.read(ds, version, d.get("subset", "default"))
+    test_frac, q_frac = float(d.get("test_fraction", 0.1)), float(d.get("q_fraction", 0.45))
+    buckets = [int(hashlib.sha256(f"{cfg.seed}/{pid}".encode()).hexdigest()[:8], 16) / 2**32 for pid in pairs.column("prompt_id").to_pylist()]
+    test_idx = [i for i, b in enumerate(buckets) if b < test_frac]
+    q_idx = [i for i, b in enumerate(buckets) if test_frac <= b < test_frac + q_frac]
+    dw_idx = [i for i, b in enumerate(buckets) if b >= test_frac + q_frac]
+
+    def prompts(idx, split):
+        t = pairs.take(idx)
+        return pa.table({"prompt_id": t.column("prompt_id"), "prompt": t.column("prompt"), "split": [split] * t.num_rows})
+
+    store.write(name, "v1", {"dw": Subset("pairs", pairs.take(dw_idx)), "q": Subset("prompts", prompts(q_idx, "train")),
+                             "test": Subset("prompts", prompts(test_idx, "test"))},
+                extra={"source": {"store": str(d["store"]), "dataset": ds, "version": version}})
+
+
+# ---- one round -------------------------------------------------------------------------------
+def eval_agents(cfg: RunConfig) -> list[str]:
+    return ["student"] if cfg.method in {"spac", "spin", "dpo"} else cfg.agent_names()
+
+
+def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
+    import pyarrow as pa
+
+    from macpo.builder.generate import SamplingParams, TransformersGenerator
+    from macpo.store import Store, Subset
+
+    layout = RunLayout(cfg)
+    store = Store(layout.store_dir)
+    data_name, data_version = store.resolve(layout.data_dataset)
+    test = store.read(data_name, data_version, "test")
+    prompts = test.column("prompt").to_pylist()
+    metas = test.column("meta").to_pylist()
+    params = SamplingParams(temperature=0.0, max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed)
+    rows = []
+    for agent in eval_agents(cfg):
+        model = layout.require_model(agent, round_)
+        gen = TransformersGenerator.load(model, batch_size=cfg.eval.batch_size, progress=progress)
+        texts = [s[0] for s in gen.generate(prompts, params)]
+        scores = score_responses(cfg, metas, prompts, texts)
+        for pid, prompt, text, sc in zip(test.column("prompt_id").to_pylist(), prompts, texts, scores):
+            rows.append({"round": round_, "agent": agent, "method": cfg.method, "prompt_id": pid, "prompt": prompt,
+                         "response": [{"role": "assistant", "content": text}], "scores": sc})
+    table = pa.Table.from_pylist(rows)
+    return store.write(layout.evals_dataset, f"round-{round_}", {"default": Subset("evals", table)},
+                       config=cfg.to_dict(), models={a: str(layout.require_model(a, round_)) for a in eval_agents(cfg)})
+
+
+def score_responses(cfg: RunConfig, metas, prompts, texts) -> list[list[dict]]:
+    out = [[] for _ in texts]
+    if is_sandbox(cfg):
+        from macpo.eval import world
+
+        for i, (meta, text) in enumerate(zip(metas, texts)):
+            for axis, value in world.gold_reward(meta, text).items():
+                if value is not None:
+                    out[i].append({"axis": axis, "scorer": "gold", "value": float(value)})
+    for axis, checkpoints in (cfg.eval.reward_models or {}).items():
+        for ckpt in [checkpoints] if isinstance(checkpoints, str) else checkpoints:
+            from macpo.eval.judges import reward_model_scores
+
+            for i, v in enumerate(reward_model_scores(ckpt, prompts, texts, batch_size=cfg.eval.batch_size)):
+                out[i].append({"axis": axis, "scorer": ckpt, "value": float(v)})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = make_parser("eval", __doc__)
+    p.add_argument("--config", required=True, help="run config YAML (a macpo run's OUT/run.yaml)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--round", type=int, help="evaluate every agent's round-N model")
+    what.add_argument("--report", action="store_true", help="write report.md, metrics.csv and plots")
+    what.add_argument("--prepare", action="store_true", help="prepare the run's data (and sandbox models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = p.parse_args(argv)
+    from macpo import config as config_mod
+
+    cfg = config_mod.load(args.config, parse_kv(args.set))
+    if args.prepare:
+        prepare(cfg)
+        print(f"data ready in {RunLayout(cfg).store_dir}")
+    elif args.report:
+        from macpo.eval.report import write_report
+
+        path = write_report(cfg)
+        print(f"report: {path}")
+    else:
+        if not 0 <= args.round <= cfg.T:
+            raise UserError(f"round {args.round} is outside 0..T={cfg.T}")
+        res = evaluate_round(cfg, args.round, progress=not args.no_progress)
+        print(f"{res.name}/{res.version}: {'written' if res.created else 'unchanged'}; content {res.content_hash}")
+    return 0
+
+
+if __name__ == "__main__":
+    from macpo.cli import main as cli_main
+
+    raise SystemExit(cli_main(["eval", *sys.argv[1:]]))
