@@ -12,38 +12,10 @@ from macpo.config import RunConfig
 from macpo.eval.judges import win_rate
 from macpo.layout import RunLayout
 
-REPORT = Template(
-    """# {{ cfg.name }}: {{ cfg.method }} report
+def _template() -> Template:
+    from importlib import resources
 
-- method: **{{ cfg.method }}**, K={{ cfg.K }} teachers, T={{ cfg.T }} rounds, seed {{ cfg.seed }}
-- naive weak-to-strong SFT budget (round-0 student): {{ sft_budget }}
-- ablations: mutual_positive={{ cfg.mutual_positive }}, hard_negative={{ cfg.hard_negative }}, update_teachers={{ cfg.update_teachers }}
-- axes: {{ axes | join(", ") }}; `reward` is {{ "the combined gold reward (mean of helpful and harmless)" if gold else "the mean of the reward-model axes" }}
-
-## Round x agent
-
-| round | agent | {% for a in axes %}{{ a }} | {% endfor %}win rate vs round-0 student | n |
-|---|---|{% for a in axes %}---|{% endfor %}---|---|
-{% for r in rows %}| {{ r.round }} | {{ r.agent }} | {% for a in axes %}{{ fmt(r[a]) }} | {% endfor %}{{ fmt(r.win_rate_vs_round0) }} | {{ r.n }} |
-{% endfor %}
-{% if summary.student_round0 is not none %}
-Student reward: **{{ fmt(summary.student_round0) }}** at round 0 (naive weak-to-strong) → **{{ fmt(summary.student_final) }}** after round {{ summary.final_round }}.
-Best teacher: {{ fmt(summary.best_teacher_round0) }} at round 0, {{ fmt(summary.best_teacher) }} after round {{ summary.final_round }}.
-{% endif %}
-
-![reward per round](reward_by_round.png)
-
-![helpfulness vs harmlessness](helpful_vs_harmless.png)
-
-## Rounds in the store
-
-| version | content hash |
-|---|---|
-{% for v, h in rounds %}| {{ v }} | `{{ h }}` |
-{% endfor %}
-Query them with `macpo sql --store {{ store }} "SELECT * FROM evals LIMIT 5"`.
-"""
-)
+    return Template((resources.files("macpo.eval") / "templates" / "report.md.j2").read_text())
 
 
 def _fmt(x) -> str:
@@ -180,7 +152,7 @@ def write_report(cfg: RunConfig) -> Path:
     sft = cfg.train["student_sft"]
     budget = f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.epochs:g} epochs"
     budget += f" at lr {sft.lr:g}, batch {sft.batch_size} (config `train.student_sft`)"
-    text = REPORT.render(cfg=cfg, rows=rows, axes=axes, gold=gold, summary=summary, fmt=_fmt, rounds=rounds,
+    text = _template().render(cfg=cfg, rows=rows, axes=axes, gold=gold, summary=summary, fmt=_fmt, rounds=rounds,
                          store=layout.store_dir, sft_budget=budget)
     (out / "report.md").write_text(text)
     return out / "report.md"
