@@ -1,0 +1,430 @@
+"""``macpo push`` against the loopback fake Hub (tests/hub_server.py), through the real client.
+
+The pushing/loading client always runs in a subprocess: ``HF_ENDPOINT`` and
+``HF_HUB_DISABLE_XET`` must be set before ``huggingface_hub``/``datasets`` are imported, and
+the test process may already have imported them with other settings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from helpers import msgs, pairs_table
+from hub_server import FakeHub
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_macpoFAKEtok3n_Zq9vXw41"  # distinctive: must never leak into output or remote files
+
+
+# ---- fixtures ---------------------------------------------------------------------------
+def _candidates(round_: int, n: int) -> pa.Table:
+    return pa.table({
+        "candidate_id": [f"c{round_}-{i}" for i in range(n)],
+        "prompt_id": [f"p{i}" for i in range(n)],
+        "round": pa.array([round_] * n, pa.int32()),
+        "agent": ["teacher-0"] * n,
+        "sample_index": pa.array([0] * n, pa.int32()),
+        "prompt": [msgs("user", f"question {i}") for i in range(n)],
+        "response": [msgs("assistant", f"candidate answer {i} in round {round_}") for i in range(n)],
+        "temperature": [0.7] * n,
+        "seed": [round_ * 100 + i for i in range(n)],
+        "familiarity": [[{"scorer": "student", "ppl": 3.5 + i}] for i in range(n)],
+    })
+
+
+def _round(round_: int, salt: str = "") -> dict:
+    from macpo.store import Subset
+
+    def rows(agent):
+        return [(f"question {i}", f"good answer {i} for {agent} r{round_}{salt}", f"bad answer {i}")
+                for i in range(8)]
+
+    extra = lambda n: {"temperature": [0.7] * n, "seed": list(range(n)), "chosen_ppl": [2.0 + i for i in range(n)]}  # noqa: E731
+    return {
+        "student": Subset("pairs", pairs_table(rows("student"), "student", round_, **extra(8))),
+        "teacher-0": Subset("pairs", pairs_table(rows("teacher-0"), "teacher-0", round_, **extra(8))),
+        "candidates": Subset("candidates", _candidates(round_, 6)),
+    }
+
+
+CONFIG = {
+    "method": "macpo",
+    "student": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "12fd25f"},
+    "teachers": [{"model": "tiny/teacher-a", "revision": None}],
+    "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 32, "seed": 0},
+}
+
+
+def _write_store(root: Path, salt: str = "") -> Path:
+    from macpo.store import Store
+
+    store = Store(root, create=True)
+    r1 = store.write("run", "round-1", _round(1, salt), config=CONFIG,
+                     models={"student": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "12fd25f"}})
+    store.write("run", "round-2", _round(2, salt), parent_hash=r1.content_hash, config=CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    return _write_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    with FakeHub(tmp_path_factory.mktemp("hub"), token=TOKEN) as h:
+        yield h
+
+
+@pytest.fixture
+def env(hub, tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    e.update({
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(tmp_path / "hf-home"),  # no stored login token, fresh caches
+        "HF_TOKEN": TOKEN,
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    })
+    return e
+
+
+def push(env, store, repo, *extra, round_=1):
+    args = [sys.executable, "-m", "macpo.cli", "push", "--store", str(store), "--repo", repo,
+            "--retry-wait", "0.01", *extra]
+    if round_ is not None:
+        args += ["--round", str(round_)]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+def run_py(env, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+
+
+def no_leak(hub: FakeHub, *procs):
+    for p in procs:
+        assert TOKEN not in p.stdout and TOKEN not in p.stderr
+    for path in hub.root.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), f"token leaked into {path}"
+    assert all(TOKEN not in path for _, path, _ in hub.log)
+
+
+def one_line_error(p: subprocess.CompletedProcess, *needles: str):
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def readme_yaml(hub, repo, rev="main") -> tuple[dict, str]:
+    import yaml
+
+    text = hub.files(repo, rev)["README.md"].decode()
+    _, head, body = text.split("---\n", 2)
+    return yaml.safe_load(head), body
+
+
+# ---- pure helpers -----------------------------------------------------------------------
+def test_parse_repo_ref():
+    from macpo.builder.publish import parse_repo_ref
+    from macpo.errors import UserError
+
+    assert parse_repo_ref("org/name@round-1") == ("org/name", "round-1")
+    assert parse_repo_ref("org/name") == ("org/name", None)
+    assert parse_repo_ref("hf://datasets/org/na.me@abc123") == ("org/na.me", "abc123")
+    for bad in ("name", "org/name@", "/org/name", "a/b/c"):
+        with pytest.raises(UserError):
+            parse_repo_ref(bad)
+
+
+def test_card_merge_keeps_existing_metadata_and_prose(store_dir):
+    from huggingface_hub import DatasetCard
+
+    from macpo.data_cards.cards import BEGIN, END, AuditRow, render_dataset_card
+    from macpo.store import Store
+
+    existing = DatasetCard(textwrap.dedent("""\
+        ---
+        license: mit
+        custom_key: keep-me
+        tags: [mine]
+        configs:
+        - config_name: handmade
+          data_files: [{split: train, path: "data/*.parquet"}]
+        - config_name: round-2-old
+          data_files: [{split: train, path: "round-2/old/train-*.parquet"}]
+        ---
+        # My dataset
+
+        Hand-written intro that must survive.
+        """))
+    manifest = Store(store_dir).manifest("run", "round-2")
+    card = render_dataset_card(manifest=manifest, repo_id="org/x", existing=existing,
+                               audits=[AuditRow("dup", "ok", 0, "a|b")], samples={"student": [[("prompt", "user: hi")]]})
+    data = card.data.to_dict()
+    assert data["license"] == "mit" and data["custom_key"] == "keep-me"
+    assert "mine" in data["tags"] and "macpo" in data["tags"]
+    names = [c["config_name"] for c in data["configs"]]
+    # round-2-old lived in round-2/, which this push rewrites: it goes; everything else stays.
+    assert names == ["handmade", "round-2-student", "round-2-teacher-0", "round-2-candidates"]
+    text = str(card)
+    assert "Hand-written intro that must survive." in text and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert 'load_dataset("org/x", "round-2-student", revision="round-2", split="train")' in text
+    assert manifest["content_hash"] in text and "a\\|b" in text and "user: hi" in text
+    # Rendering on top of its own output changes nothing (re-pushes stay no-ops).
+    again = render_dataset_card(manifest=manifest, repo_id="org/x", existing=DatasetCard(text),
+                                audits=[AuditRow("dup", "ok", 0, "a|b")], samples={"student": [[("prompt", "user: hi")]]})
+    assert str(again) == text
+
+
+# ---- push round trip --------------------------------------------------------------------
+def test_round_trip_idempotent_and_round_two(hub, env, store_dir, tmp_path):
+    from macpo.store import Store
+
+    repo = "macpo-org/round-trip"
+    store = Store(store_dir)
+    manifest = store.manifest("run", "round-1")
+
+    # A hand-made card exists before macpo ever pushes: its metadata must survive both rounds.
+    hub.create_repo(repo)
+    hub.commit_files(repo, {"README.md": b"---\nlicense: mit\ncustom_key: keep-me\n---\n# Hand-written\n\nMy notes.\n"})
+    start = hub.commit_count(repo)
+
+    first = push(env, store_dir, repo)
+    assert first.returncode == 0, first.stderr
+    assert "tagged round-1" in first.stdout
+    assert hub.commit_count(repo) == start + 1
+    refs = hub.repo(repo)
+    assert refs.tags["round-1"] == refs.heads["main"]
+    files = hub.files(repo, "round-1")
+    for subset in ("student", "teacher-0", "candidates"):
+        assert f"round-1/{subset}/train-00000-of-00001.parquet" in files
+    assert json.loads(files["round-1/manifest.json"])["content_hash"] == manifest["content_hash"]
+    meta, body = readme_yaml(hub, repo, "round-1")
+    assert meta["license"] == "mit" and meta["custom_key"] == "keep-me"
+    assert [c["config_name"] for c in meta["configs"]] == ["round-1-student", "round-1-teacher-0", "round-1-candidates"]
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "round-1/student/train-*.parquet"}]
+    assert "My notes." in body and manifest["content_hash"] in body
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in body and "12fd25f" in body  # agents with revisions
+    assert "max_new_tokens" in body  # sampling parameters
+    assert "chosen-equals-rejected" in body or "Audits not run" in body
+
+    # Same content again: a no-op that says so, no new commit.
+    second = push(env, store_dir, repo)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to push" in second.stdout
+    assert hub.commit_count(repo) == start + 1
+
+    # Round 2 keeps round-1 configs and the hand-made metadata.
+    third = push(env, store_dir, repo, round_=2)
+    assert third.returncode == 0, third.stderr
+    assert hub.commit_count(repo) == start + 2
+    meta, body = readme_yaml(hub, repo, "round-2")
+    names = [c["config_name"] for c in meta["configs"]]
+    assert names[:3] == ["round-1-student", "round-1-teacher-0", "round-1-candidates"]
+    assert names[3:] == ["round-2-student", "round-2-teacher-0", "round-2-candidates"]
+    assert meta["license"] == "mit" and meta["custom_key"] == "keep-me" and "My notes." in body
+    assert hub.repo(repo).tags["round-1"] != hub.repo(repo).tags["round-2"]
+
+    # Read back through the real datasets library at the round tags; rehash after conform.
+    reads = [("round-1", "round-1", "student", "pairs"), ("round-1", "round-1", "teacher-0", "pairs"),
+             ("round-1", "round-1", "candidates", "candidates"), ("round-2", "round-2", "student", "pairs"),
+             ("main", "round-1", "student", "pairs")]
+    check = run_py(env, f"""
+        import json
+        from datasets import load_dataset
+        from macpo.hashing import table_hash
+        from macpo.schema import conform
+        out = []
+        for rev, version, subset, kind in {reads!r}:
+            ds = load_dataset({repo!r}, version + "-" + subset, revision=rev, split="train")
+            table = conform(ds.data.table, kind, subset)
+            out.append({{"hash": table_hash(table), "rows": table.to_pylist()}})
+        print(json.dumps(out))
+    """)
+    assert check.returncode == 0, check.stderr
+    loaded = json.loads(check.stdout.strip().splitlines()[-1])
+    for (rev, version, subset, _), got in zip(reads, loaded):
+        assert got["hash"] == store.manifest("run", version)["subsets"][subset]["content_hash"], (rev, subset)
+    rows = sorted(loaded[0]["rows"], key=lambda r: r["pair_id"])
+    assert rows == sorted(store.read("run", "round-1", "student").to_pylist(), key=lambda r: r["pair_id"])
+    no_leak(hub, first, second, third, check)
+
+
+def test_refuses_different_content_under_existing_tag(hub, env, store_dir, tmp_path):
+    repo = "macpo-org/refuse"
+    assert push(env, store_dir, repo).returncode == 0
+    before = hub.commit_count(repo)
+    other = _write_store(tmp_path / "other-store", salt="-different")
+    p = push(env, other, repo)
+    one_line_error(p, "refusing", "round-1")
+    assert hub.commit_count(repo) == before
+    no_leak(hub, p)
+
+
+def test_version_flag_pushes_non_round_versions(hub, env, tmp_path):
+    from macpo.store import Store, Subset
+
+    store = Store(tmp_path / "imports", create=True)
+    store.write("hh", "v1", {"default": Subset("pairs", pairs_table([("q", "a", "b")] * 3))})
+    p = push(env, tmp_path / "imports", "macpo-org/imports", "--version", "v1", round_=None)
+    assert p.returncode == 0, p.stderr
+    meta, _ = readme_yaml(hub, "macpo-org/imports", "v1")
+    assert [c["config_name"] for c in meta["configs"]] == ["v1-default"]
+    assert "v1/default/train-00000-of-00001.parquet" in hub.files("macpo-org/imports", "v1")
+
+
+# ---- errors and faults -----------------------------------------------------------------
+def test_no_token_is_one_clean_line(env, store_dir):
+    env = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+    one_line_error(push(env, store_dir, "macpo-org/no-token"), "no Hugging Face token")
+
+
+def test_wrong_token_is_one_clean_line(hub, env, store_dir):
+    p = push({**env, "HF_TOKEN": "hf_wrong_but_also_secret"}, store_dir, "macpo-org/wrong-token")
+    line = one_line_error(p, "refused the token")
+    assert "hf_wrong_but_also_secret" not in line
+
+
+def test_commit_failures_leave_no_partial_round(hub, env, store_dir):
+    repo = "macpo-org/faulty"
+    hub.create_repo(repo)
+    before = hub.commit_count(repo)
+    hub.faults.commit_500 = 10
+    try:
+        p = push(env, store_dir, repo, "--retries", "2")
+    finally:
+        hub.faults.commit_500 = 0
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert "failed after 3 attempts" in last and "nothing was tagged" in last
+    assert hub.commit_count(repo) == before
+    assert hub.repo(repo).tags == {}
+    assert not [f for f in hub.files(repo) if f.startswith("round-1/")]
+    no_leak(hub, p)
+
+
+def test_transient_faults_are_retried_into_one_commit(hub, env, store_dir):
+    repo = "macpo-org/flaky"
+    hub.create_repo(repo)
+    before = hub.commit_count(repo)
+    hub.faults.commit_500 = 2
+    hub.faults.lfs_drop = 1
+    p = push(env, store_dir, repo, "--retries", "3")
+    assert p.returncode == 0, p.stderr
+    assert hub.faults.commit_500 == 0 and hub.faults.lfs_drop == 0  # the faults really fired
+    assert hub.commit_count(repo) == before + 1
+    assert hub.repo(repo).tags["round-1"] == hub.repo(repo).heads["main"]
+    no_leak(hub, p)
+
+
+def test_lost_commit_reply_is_not_committed_twice(hub, env, store_dir):
+    repo = "macpo-org/lost-reply"
+    hub.create_repo(repo)
+    before = hub.commit_count(repo)
+    hub.faults.commit_500_after_apply = 1
+    p = push(env, store_dir, repo)
+    assert p.returncode == 0, p.stderr
+    assert hub.faults.commit_500_after_apply == 0
+    assert hub.commit_count(repo) == before + 1
+    assert hub.repo(repo).tags["round-1"] == hub.repo(repo).heads["main"]
+
+
+def test_stale_parent_rereads_head_and_merges_the_new_card(hub, env, store_dir):
+    repo = "macpo-org/stale"
+    hub.create_repo(repo)
+    # Someone else's commit lands between our read of main and our commit.
+    hub.before_next_commit(repo, {"README.md": b"---\nconcurrent_key: theirs\n---\nTheir words.\n",
+                                  "notes.txt": b"theirs"})
+    p = push(env, store_dir, repo)
+    assert p.returncode == 0, p.stderr
+    assert "412" in p.stderr
+    meta, body = readme_yaml(hub, repo, "round-1")
+    assert meta["concurrent_key"] == "theirs" and "Their words." in body
+    assert [c["config_name"] for c in meta["configs"]][0] == "round-1-student"
+    files = hub.files(repo, "round-1")
+    assert files["notes.txt"] == b"theirs" and "round-1/manifest.json" in files
+
+
+def test_create_pr_commits_to_a_pr_ref_without_tagging(hub, env, store_dir):
+    repo = "macpo-org/review"
+    hub.create_repo(repo)
+    head = hub.repo(repo).heads["main"]
+    p = push(env, store_dir, repo, "--create-pr")
+    assert p.returncode == 0, p.stderr
+    assert "discussions/1" in p.stdout and "push again" in p.stdout
+    r = hub.repo(repo)
+    assert r.heads["main"] == head and r.tags == {} and 1 in r.prs
+    assert "round-1/manifest.json" in hub.files(repo, "refs/pr/1")
+
+
+# ---- reading back -----------------------------------------------------------------------
+def test_snapshot_and_missing_repo(hub, env, store_dir):
+    repo = "macpo-org/snap"
+    assert push(env, store_dir, repo).returncode == 0
+    p = run_py(env, f"""
+        import json
+        from macpo.builder.publish import snapshot
+        from macpo.errors import UserError
+        folder, sha = snapshot({repo + "@round-1"!r})
+        manifest = json.loads((folder / "round-1" / "manifest.json").read_text())
+        try:
+            snapshot("macpo-org/does-not-exist@round-1")
+            missing = None
+        except UserError as exc:
+            missing = str(exc)
+        try:
+            snapshot({repo + "@round-9"!r})
+            bad_rev = None
+        except UserError as exc:
+            bad_rev = str(exc)
+        print(json.dumps({{"sha": sha, "hash": manifest["content_hash"], "missing": missing, "bad_rev": bad_rev,
+                          "parquet": sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))}}))
+    """)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["sha"] == hub.repo(repo).tags["round-1"]
+    from macpo.store import Store
+
+    assert out["hash"] == Store(store_dir).manifest("run", "round-1")["content_hash"]
+    assert "round-1/student/train-00000-of-00001.parquet" in out["parquet"]
+    assert out["missing"] and "\n" not in out["missing"] and "not found" in out["missing"]
+    assert out["bad_rev"] and "\n" not in out["bad_rev"] and "revision not found" in out["bad_rev"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("macpo.trainer.cli") is None, reason="trainer module macpo.trainer.cli is missing")
+def test_trainer_trains_from_a_pushed_round(hub, env, store_dir, tiny_model_dir, tmp_path):
+    repo = "macpo-org/train-from-hub"
+    assert push(env, store_dir, repo).returncode == 0
+    out = tmp_path / "student-r1"
+    args = [sys.executable, "-m", "macpo.cli", "train", "--data", f"{repo}@round-1", "--subset", "student",
+            "--model", str(tiny_model_dir), "--loss", "dpo", "--out", str(out), "--max-steps", "2",
+            "--batch-size", "4", "--max-length", "64", "--lr", "1e-3", "--threads", "1"]
+    p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert hub.repo(repo).tags["round-1"] in json.dumps(metrics)  # the resolved commit sha is recorded
+    args[args.index("--data") + 1] = "macpo-org/nope@round-1"
+    args[args.index("--out") + 1] = str(tmp_path / "never-written")
+    missing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    one_line_error(missing, "macpo-org/nope")
+    assert not (tmp_path / "never-written").exists()
