@@ -1,0 +1,291 @@
+"""Pairing rules: pure functions from candidate tables to TRL-native ``pairs`` tables.
+
+No model runs here. Inputs are store tables (``macpo.schema``):
+
+- ``candidates``: one row per (prompt_id, generating agent, sample_index), with
+  ``familiarity`` = the response's perplexity under each scorer agent's model;
+- ``hard_negatives``: an ``sft`` table, one row per (learner, prompt): ``agent`` = the
+  learner, ``completion`` = its fixed hard negative, ``source_agent`` = ``"<learner>-neg"``;
+- ``preferences``: a ``pairs`` table (x, y+, y-) for SPAC/SPIN.
+
+MACPO (research/macpo.md §2, one pair per prompt per learner):
+
+- student: chosen = the teacher candidate (``sample_index`` 0) with the lowest perplexity
+  under the student (familiarity scorer ``"student"``), ties to the lowest teacher index;
+  ``chosen_ppl`` is that minimum. pair_type ``"mutual-positive"``.
+- teacher k: chosen = the student's candidate, ``chosen_ppl`` its perplexity under
+  ``teacher-k`` when scored (else null). pair_type ``"mutual-positive"``.
+- rejected = the learner's own hard negative (``rejected_agent`` = ``"<learner>-neg"``).
+- ``mutual_positive=False`` (-MP): the student's chosen is its own sample-0 candidate
+  (pair_type ``"self-positive"``); teachers are unchanged.
+- ``hard_negative=False`` (-HN): rejected = the learner's own *plain* candidate with
+  ``sample_index`` 1 (generate n >= 2 per agent), ``rejected_agent`` = the learner.
+
+Missing inputs: a prompt lacking any required row (a sample-0 candidate of any agent, a hard
+negative, or a sample-1 candidate under -HN) is incomplete. With ``strict=True`` (default)
+that raises a UserError naming the count and a few prompt ids; with ``strict=False`` such
+prompts are dropped from *every* subset (so learners stay aligned on the same prompts) and
+listed in ``Pairing.dropped``. A candidate the rule must rank but that carries no
+familiarity score from ``"student"`` is a builder bug and always raises.
+
+Rows come out sorted by prompt_id; ``pair_id`` hashes (round, learner, prompt_id) for
+MACPO and (round, learner, source pair_id) for SPAC/SPIN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from macpo.errors import UserError
+from macpo.schema import conform
+
+SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
+STUDENT = "student"
+
+
+@dataclass
+class Pairing:
+    """Pairs per learner (``{"student": table, "teacher-0": table, ...}``) and dropped prompts."""
+
+    subsets: dict[str, pa.Table]
+    dropped: list[str] = field(default_factory=list)
+
+
+def pair_ids(round_: int, learner: str, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Deterministic pair ids: sha256 of (round, learner, key), 24 hex characters."""
+    prefix = f"{round_}\x1f{learner}\x1f"
+    return pa.array([hashlib.sha256((prefix + k).encode()).hexdigest()[:24] for k in keys.to_pylist()], pa.string())
+
+
+def teacher_order(candidates: pa.Table, student: str = STUDENT) -> list[str]:
+    """Teacher agents in natural order (teacher-2 before teacher-10): the tie-break order."""
+    names = set(pc.unique(candidates.column("agent")).to_pylist()) - {student}
+    key = lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]  # noqa: E731
+    return sorted((a for a in names if not a.endswith("-neg")), key=key)
+
+
+def ppl_under(candidates: pa.Table, scorer: str) -> pa.Array:
+    """Each candidate's perplexity under ``scorer`` (null where it was not scored)."""
+    fam = candidates.column("familiarity").combine_chunks()
+    flat = pc.list_flatten(fam)
+    rows = pc.list_parent_indices(fam).to_numpy()
+    hit = pc.equal(pc.struct_field(flat, "scorer"), scorer).to_numpy(zero_copy_only=False)
+    hit = hit & ~np.asarray(pc.is_null(pc.struct_field(flat, "scorer")).to_numpy(zero_copy_only=False))
+    rows = rows[hit]
+    if len(np.unique(rows)) != len(rows):
+        raise UserError(f"candidates: some familiarity lists score {scorer!r} twice")
+    values = np.full(candidates.num_rows, np.nan)
+    values[rows] = pc.struct_field(flat, "ppl").to_numpy(zero_copy_only=False)[hit]
+    scored = np.zeros(candidates.num_rows, bool)
+    scored[rows] = True
+    return pa.array(values, pa.float64(), mask=~scored)
+
+
+def _single_round(table: pa.Table, what: str) -> int:
+    rounds = pc.unique(table.column("round")).to_pylist()
+    if len(rounds) != 1:
+        raise UserError(f"{what}: expected rows of one round, found rounds {sorted(rounds)}")
+    return int(rounds[0])
+
+
+def _rows(table: pa.Table, mask: pa.Array, what: str) -> pa.Table:
+    """(prompt_id, row) for the rows of ``table`` selected by ``mask``: at most one per prompt."""
+    keyed = pa.table({"prompt_id": table.column("prompt_id"), "row": pa.array(np.arange(table.num_rows))})
+    keyed = keyed.filter(mask)
+    if keyed.num_rows != pc.count_distinct(keyed.column("prompt_id")).as_py():
+        raise UserError(f"{what}: more than one row for the same prompt")
+    return keyed
+
+
+def _first_per_prompt(table: pa.Table) -> pa.Table:
+    """First row of each prompt_id in a table already sorted by prompt_id."""
+    ids = table.column("prompt_id").combine_chunks()
+    if len(ids) == 0:
+        return table
+    starts = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    return table.filter(pa.concat_arrays([pa.array([True]), starts]))
+
+
+def _align(prompts: pa.Array, keyed: pa.Table) -> pa.Array:
+    """Row numbers of ``keyed`` matched to each prompt id in ``prompts`` (null if absent)."""
+    return pc.take(keyed.column("row"), pc.index_in(prompts, value_set=keyed.column("prompt_id")))
+
+
+def _check_complete(prompts: pa.Array, parts: dict[str, pa.Array], strict: bool) -> tuple[pa.Array, list[str]]:
+    """Prompts having every part; raise (strict) or return the missing prompt ids."""
+    ok = np.ones(len(prompts), bool)
+    reasons = []
+    for name, rows in parts.items():
+        present = rows.is_valid().to_numpy(zero_copy_only=False)
+        if not present.all():
+            reasons.append(f"{(~present).sum()} without {name}")
+        ok &= present
+    missing = pc.filter(prompts, pa.array(~ok)).to_pylist()
+    if missing and strict:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise UserError(
+            f"{len(missing)} prompt(s) lack inputs for pairing ({'; '.join(reasons)}): {shown} "
+            "(pass strict=False to drop them)"
+        )
+    return pa.array(ok), missing
+
+
+def macpo_pairs(
+    candidates: pa.Table,
+    hard_negatives: pa.Table | None,
+    *,
+    student: str = STUDENT,
+    teachers: Sequence[str] | None = None,
+    mutual_positive: bool = True,
+    hard_negative: bool = True,
+    strict: bool = True,
+) -> Pairing:
+    """MACPO pairs for the student and every teacher from one round's candidates (see module doc)."""
+    round_ = _single_round(candidates, "candidates")
+    teachers = list(teachers) if teachers is not None else teacher_order(candidates, student)
+    if not teachers:
+        raise UserError("candidates: no teacher candidates found")
+    learners = [student, *teachers]
+    agent, index = candidates.column("agent"), candidates.column("sample_index")
+    sample = lambda a, i: pc.and_(pc.equal(agent, a), pc.equal(index, i))  # noqa: E731
+    primary = {a: _rows(candidates, sample(a, 0), f"candidates of {a}") for a in learners}
+    if hard_negative:
+        if hard_negatives is None:
+            raise UserError("hard_negative=True needs a hard_negatives table")
+        negatives = {
+            a: _rows(hard_negatives, pc.equal(hard_negatives.column("agent"), a), f"hard negatives of {a}")
+            for a in learners
+        }
+    else:
+        negatives = {a: _rows(candidates, sample(a, 1), f"sample-1 candidates of {a}") for a in learners}
+
+    prompt_sources = [candidates.column("prompt_id")]
+    if hard_negative:
+        prompt_sources.append(hard_negatives.column("prompt_id"))
+    prompts = pc.unique(pa.chunked_array([c for s in prompt_sources for c in s.chunks], pa.string())).sort()
+    parts = {f"a sample-0 candidate of {a}": _align(prompts, primary[a]) for a in learners}
+    what = "a hard negative" if hard_negative else "a sample-1 candidate"
+    parts.update({f"{what} of {a}": _align(prompts, negatives[a]) for a in learners})
+    keep, dropped = _check_complete(prompts, parts, strict)
+    prompts = prompts.filter(keep)
+
+    subsets = {}
+    for learner in learners:
+        if learner == student and mutual_positive:
+            chosen, chosen_ppl = _least_perplexing(candidates, prompts, teachers, primary, student)
+            pair_type = "mutual-positive"
+        else:  # teachers learn the student's sample; under -MP the student does too
+            chosen = _align(prompts, primary[student])
+            chosen_ppl = pc.take(ppl_under(candidates, learner), chosen)
+            pair_type = "self-positive" if learner == student else "mutual-positive"
+        rejected = _align(prompts, negatives[learner])
+        subsets[learner] = _assemble(
+            candidates, chosen, chosen_ppl, hard_negatives if hard_negative else candidates, rejected,
+            learner=learner, round_=round_, pair_type=pair_type, hard_negative=hard_negative,
+        )
+    return Pairing(subsets=subsets, dropped=dropped)
+
+
+def _least_perplexing(candidates, prompts, teachers, primary, student) -> tuple[pa.Array, pa.Array]:
+    """Per prompt, the teacher candidate row with the lowest student perplexity (ties: teacher order)."""
+    ppl = ppl_under(candidates, student)
+    pools = []
+    for k, teacher in enumerate(teachers):
+        rows = _align(prompts, primary[teacher])
+        pools.append(pa.table({"prompt_id": prompts, "rank": pa.array([k] * len(prompts), pa.int32()),
+                               "row": rows, "ppl": pc.take(ppl, rows)}))
+    pool = pa.concat_tables(pools)
+    unscored = pool.filter(pc.is_null(pool.column("ppl")))
+    if unscored.num_rows:
+        raise UserError(
+            f"{unscored.num_rows} teacher candidate(s) have no familiarity score from {student!r}, "
+            f"e.g. prompt {unscored.column('prompt_id')[0].as_py()!r}; score them before pairing"
+        )
+    pool = pool.sort_by([("prompt_id", "ascending"), ("ppl", "ascending"), ("rank", "ascending")])
+    best = _first_per_prompt(pool)
+    return best.column("row").combine_chunks(), best.column("ppl").combine_chunks()
+
+
+def _assemble(candidates, chosen, chosen_ppl, rejected_source, rejected, *, learner, round_, pair_type, hard_negative):
+    """A conformed ``pairs`` table from chosen candidate rows and rejected rows."""
+    ch = candidates.take(chosen)
+    rej = rejected_source.take(rejected)
+    n = ch.num_rows
+    if hard_negative:
+        rejected_text = rej.column("completion")
+        rejected_agent = pc.fill_null(rej.column("source_agent"), f"{learner}-neg")
+    else:
+        rejected_text = rej.column("response")
+        rejected_agent = rej.column("agent")
+    table = pa.table(
+        {
+            "pair_id": pair_ids(round_, learner, ch.column("prompt_id")),
+            "prompt_id": ch.column("prompt_id"),
+            "round": pa.array([round_] * n, pa.int32()),
+            "agent": pa.array([learner] * n, pa.string()),
+            "pair_type": pa.array([pair_type] * n, pa.string()),
+            "prompt": ch.column("prompt"),
+            "chosen": ch.column("response"),
+            "rejected": rejected_text,
+            "chosen_agent": ch.column("agent"),
+            "rejected_agent": rejected_agent,
+            **{c: ch.column(c) for c in SAMPLING_COLUMNS},
+            "chosen_ppl": chosen_ppl,
+        }
+    )
+    return conform(table, "pairs", f"round {round_} pairs for {learner}")
+
+
+def self_play_pairs(
+    preferences: pa.Table,
+    candidates: pa.Table,
+    *,
+    agent: str,
+    objective: str = "spac",
+    strict: bool = True,
+) -> Pairing:
+    """SPAC/SPIN rows: each preference (x, y+, y-) plus the policy's own sample y' for x.
+
+    ``candidates`` are the current policy's samples; the row of ``agent`` with sample_index 0
+    is y' (``self_response``, ``self_agent``), and its sampling parameters and seed fill the
+    sampling columns. ``objective="spac"`` keeps rejected = y-. ``objective="spin"`` sets
+    rejected = y' as well, so the table is SPIN as plain DPO (y+ over y') even for a trainer
+    that ignores ``self_response``. ``chosen_ppl`` is y+'s perplexity under ``agent`` when the
+    preference table was scored (left as is). Output round = the candidates' round.
+    """
+    if objective not in ("spac", "spin"):
+        raise UserError(f"self-play objective must be 'spac' or 'spin', got {objective!r}")
+    round_ = _single_round(candidates, "candidates")
+    mask = pc.and_(pc.equal(candidates.column("agent"), agent), pc.equal(candidates.column("sample_index"), 0))
+    own = _rows(candidates, mask, f"candidates of {agent}")
+    prefs = preferences.sort_by([("prompt_id", "ascending"), ("pair_id", "ascending")])
+    self_rows = _align(prefs.column("prompt_id").combine_chunks(), own)
+    need = {f"a sample-0 candidate of {agent}": self_rows}
+    keep, dropped = _check_complete(prefs.column("prompt_id").combine_chunks(), need, strict)
+    prefs, self_rows = prefs.filter(keep), self_rows.filter(keep)
+    y = candidates.take(self_rows)
+    n = prefs.num_rows
+    columns = {name: prefs.column(name) for name in prefs.column_names}
+    columns.update(
+        pair_id=pair_ids(round_, agent, prefs.column("pair_id")),
+        round=pa.array([round_] * n, pa.int32()),
+        agent=pa.array([agent] * n, pa.string()),
+        pair_type=pa.array([objective] * n, pa.string()),
+        self_response=y.column("response"),
+        self_agent=y.column("agent"),
+        **{c: y.column(c) for c in SAMPLING_COLUMNS},
+        ref_chosen_logps=pa.nulls(n, pa.float64()),
+        ref_rejected_logps=pa.nulls(n, pa.float64()),
+        ref_self_logps=pa.nulls(n, pa.float64()),
+    )
+    if objective == "spin":
+        columns.update(rejected=y.column("response"), rejected_agent=y.column("agent"))
+    table = conform(pa.table(columns), "pairs", f"round {round_} {objective} pairs for {agent}")
+    return Pairing(subsets={agent: table}, dropped=sorted(set(dropped)))
