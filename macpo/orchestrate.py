@@ -87,7 +87,7 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         seed = cfg.seed * 1000 + round_
         steps.append(Step(f"train {agent} round-{round_}", _train_argv(layout, stage, agent=agent, version=version, subset=subset,
                                                                         start=start, lora_from=lora_from, out=out, seed=seed, loss=loss),
-                          model(agent, round_), deps=deps, clears=[out], config_sections=("train",)))
+                          model(agent, round_), deps=deps, clears=[out], config_sections=(f"train.{stage_name}",)))
         return steps[-1].name
 
     def build(round_: int, part: str | None, version: str, deps: list[str]):
@@ -174,10 +174,16 @@ def step_keys(cfg: RunConfig, steps: list[Step]) -> dict[str, str]:
     keys: dict[str, str] = {}
     for s in steps:
         argv = [a for a in s.argv if a != sys.executable]
-        sections = {k: base[k] for k in s.config_sections if k in base}
+        sections = {k: _dotted(base, k) for k in s.config_sections}
         keys[s.name] = json_hash({"step": s.name, "argv": argv, "shared": shared, "sections": sections,
                                   "deps": [keys[d] for d in s.deps]})
     return keys
+
+
+def _dotted(data: dict, path: str):
+    for part in path.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def execute(cfg: RunConfig, config_path: Path, *, verbose: bool = False) -> None:
