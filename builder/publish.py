@@ -223,7 +223,7 @@ def push(
     log=None,
 ) -> PushResult:
     """Publish ``dataset/version`` of the store at ``store_dir`` to the dataset repo ``repo``."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     from macpo.data_cards.cards import render_dataset_card, sample_rows
     from macpo.store import Store
@@ -234,11 +234,14 @@ def push(
     name, version = store.resolve(dataset, version)
     manifest = store.manifest(name, version)
     content_hash = manifest["content_hash"]
+    if constants.HF_HUB_OFFLINE:
+        raise UserError("HF_HUB_OFFLINE is set: unset it to push to the Hub")
     token = _token()
     api = HfApi(token=token)
 
     with _hub_errors(repo, token):
-        api.create_repo(repo, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        # None (not False) without --private: keep the organisation's default visibility.
+        api.create_repo(repo, repo_type=REPO_TYPE, private=True if private else None, exist_ok=True)
         tagged = _tag_target(api, repo, version)
         if tagged is not None:
             return _already_tagged(api, repo, name, version, content_hash, tagged)
@@ -323,29 +326,60 @@ def _create_tag(api, repo, name, version, content_hash, oid, retries, retry_wait
 
 
 # ---- reading back -----------------------------------------------------------------------
+def _snapshot_root(repo: str, cache_dir: str | Path | None) -> Path:
+    from huggingface_hub import constants
+
+    base = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "macpo" / "snapshots"
+    return base / ("datasets--" + repo.replace("/", "--"))
+
+
 def snapshot(repo_at_rev: str, cache_dir: str | Path | None = None) -> tuple[Path, str]:
-    """Download a published revision: ``("org/name@round-1")`` -> (local folder, commit sha)."""
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    """Download a published revision: ``"org/name@round-1"`` -> (local folder, resolved commit sha).
+
+    The folder holds real files, not the Hub cache's symlinks into ``blobs/``: sandboxes such as
+    DuckDB's ``allowed_directories`` (``macpo sql --hub``) resolve links and would refuse them.
+    One folder per commit sha, written to a temporary name and renamed, so it is never partial;
+    with ``HF_HUB_OFFLINE`` set, a revision fetched before is served from it.
+    """
+    import shutil
+    import uuid
+    from urllib.parse import quote
+
+    from huggingface_hub import HfApi, constants, get_token, snapshot_download
 
     repo, revision = parse_repo_ref(repo_at_rev)
-    token = None
-    try:
-        from huggingface_hub import get_token
+    root = _snapshot_root(repo, cache_dir)
+    ref_file = root / "refs" / quote(revision or "main", safe="")
+    if constants.HF_HUB_OFFLINE:
+        sha = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else (
+            ref_file.read_text().strip() if ref_file.is_file() else None
+        )
+        if not sha or not (root / sha).is_dir():
+            raise UserError(f"{repo_at_rev}: no local snapshot and HF_HUB_OFFLINE is set (fetch it once online)")
+        return root / sha, sha
 
-        token = get_token()
-    except ImportError:
-        pass
+    token = get_token()
     with _hub_errors(repo_at_rev, token):
-        try:
-            if constants.HF_HUB_OFFLINE:
-                local = snapshot_download(repo, repo_type=REPO_TYPE, revision=revision, cache_dir=cache_dir)
-                return Path(local), Path(local).name  # cache snapshots are named by commit sha
-            sha = HfApi().dataset_info(repo, revision=revision).sha
-            local = snapshot_download(repo, repo_type=REPO_TYPE, revision=sha, cache_dir=cache_dir)
-        except LocalEntryNotFoundError:
-            raise UserError(f"{repo_at_rev}: not in the local Hub cache and HF_HUB_OFFLINE is set") from None
-    return Path(local), sha
+        sha = HfApi().dataset_info(repo, revision=revision).sha
+        folder = root / sha
+        if not folder.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = root / f".tmp-{sha[:12]}-{uuid.uuid4().hex[:8]}"
+            try:
+                snapshot_download(repo, repo_type=REPO_TYPE, revision=sha, local_dir=tmp)
+                shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
+                try:
+                    tmp.rename(folder)
+                except OSError:
+                    if not folder.is_dir():  # not a concurrent snapshot of the same sha: a real failure
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    ref_file.parent.mkdir(parents=True, exist_ok=True)
+    ref_tmp = ref_file.with_name(f".{ref_file.name}.{uuid.uuid4().hex[:8]}")
+    ref_tmp.write_text(sha + "\n")
+    ref_tmp.replace(ref_file)
+    return folder, sha
 
 
 # ---- CLI --------------------------------------------------------------------------------

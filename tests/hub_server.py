@@ -376,7 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{self.hub.url}/{prefix}{repo_id}"
         if (repo_type, repo_id) in self.hub.repos:
             return self._json(409, {"error": "You already created this repo", "url": url})
-        self.hub.create_repo(repo_id, repo_type, bool(body.get("private")))
+        private = bool(body.get("private")) or body.get("visibility") == "private"
+        self.hub.create_repo(repo_id, repo_type, private)
         return self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _info(self, repo_type: str, repo_id: str, rev: str):

@@ -285,14 +285,30 @@ def test_version_flag_pushes_non_round_versions(hub, env, tmp_path):
 
     store = Store(tmp_path / "imports", create=True)
     store.write("hh", "v1", {"default": Subset("pairs", pairs_table([("q", "a", "b")] * 3))})
-    p = push(env, tmp_path / "imports", "macpo-org/imports", "--version", "v1", round_=None)
+    p = push(env, tmp_path / "imports", "macpo-org/imports", "--version", "v1", "--private", round_=None)
     assert p.returncode == 0, p.stderr
+    assert hub.repo("macpo-org/imports").private
     meta, _ = readme_yaml(hub, "macpo-org/imports", "v1")
     assert [c["config_name"] for c in meta["configs"]] == ["v1-default"]
     assert "v1/default/train-00000-of-00001.parquet" in hub.files("macpo-org/imports", "v1")
 
 
 # ---- errors and faults -----------------------------------------------------------------
+def test_user_mistakes_fail_before_any_hub_call(store_dir, tmp_path, monkeypatch):
+    from macpo.builder.publish import main
+    from macpo.errors import UserError
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(UserError, match="no version 'round-9'"):
+        main(["--store", str(store_dir), "--round", "9", "--repo", "org/x"])
+    with pytest.raises(UserError, match="expected ORG/NAME"):
+        main(["--store", str(store_dir), "--round", "1", "--repo", "not-a-repo"])
+    with pytest.raises(UserError, match="does not exist"):
+        main(["--store", str(tmp_path / "nope"), "--round", "1", "--repo", "org/x"])
+    with pytest.raises(SystemExit):  # argparse: --round or --version is required
+        main(["--store", str(store_dir), "--repo", "org/x"])
+
+
 def test_no_token_is_one_clean_line(env, store_dir):
     env = {k: v for k, v in env.items() if k != "HF_TOKEN"}
     one_line_error(push(env, store_dir, "macpo-org/no-token"), "no Hugging Face token")
@@ -410,6 +426,33 @@ def test_snapshot_and_missing_repo(hub, env, store_dir):
     assert out["missing"] and "\n" not in out["missing"] and "not found" in out["missing"]
     assert out["bad_rev"] and "\n" not in out["bad_rev"] and "revision not found" in out["bad_rev"]
 
+    # Offline, a revision fetched before comes from the local snapshot; anything else is one line.
+    offline = run_py({**env, "HF_HUB_OFFLINE": "1"}, f"""
+        import json
+        from macpo.builder.publish import snapshot
+        from macpo.errors import UserError
+        folder, sha = snapshot({repo + "@round-1"!r})
+        try:
+            snapshot({repo + "@round-2"!r})
+            err = None
+        except UserError as exc:
+            err = str(exc)
+        print(json.dumps({{"sha": sha, "ok": (folder / "round-1" / "manifest.json").is_file(), "err": err}}))
+    """)
+    assert offline.returncode == 0, offline.stderr
+    got = json.loads(offline.stdout.strip().splitlines()[-1])
+    assert got["sha"] == out["sha"] and got["ok"] and "HF_HUB_OFFLINE" in got["err"]
+
+    # `macpo sql --hub` attaches the published round through snapshot().
+    empty = store_dir.parent / "empty-store"
+    empty.mkdir(exist_ok=True)
+    q = subprocess.run([sys.executable, "-m", "macpo.cli", "sql", "--store", str(empty), "--hub", f"{repo}@round-1",
+                        "--format", "json", "SELECT version, subset, count(*) AS n FROM pairs GROUP BY ALL ORDER BY ALL"],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert q.returncode == 0, q.stderr
+    assert json.loads(q.stdout) == [{"version": "round-1", "subset": "student", "n": 8},
+                                    {"version": "round-1", "subset": "teacher-0", "n": 8}]
+
 
 @pytest.mark.skipif(importlib.util.find_spec("macpo.trainer.cli") is None, reason="trainer module macpo.trainer.cli is missing")
 def test_trainer_trains_from_a_pushed_round(hub, env, store_dir, tiny_model_dir, tmp_path):
@@ -422,7 +465,13 @@ def test_trainer_trains_from_a_pushed_round(hub, env, store_dir, tiny_model_dir,
     p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert hub.repo(repo).tags["round-1"] in json.dumps(metrics)  # the resolved commit sha is recorded
+    from macpo.store import Store
+
+    recorded = metrics["dataset"]
+    assert recorded["resolved_sha"] == hub.repo(repo).tags["round-1"]  # the pinned commit, not just "round-1"
+    manifest = Store(store_dir).manifest("run", "round-1")
+    assert recorded["content_hash"] == manifest["content_hash"]
+    assert recorded["rows"] == manifest["subsets"]["student"]["rows"]
     args[args.index("--data") + 1] = "macpo-org/nope@round-1"
     args[args.index("--out") + 1] = str(tmp_path / "never-written")
     missing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
