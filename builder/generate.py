@@ -70,7 +70,11 @@ class SamplingParams:
 
 
 class Generator(Protocol):
-    """``n`` completions (plain assistant text) for each chat prompt, in prompt order."""
+    """``n`` completions (plain assistant text) for each chat prompt, in prompt order.
+
+    ``adapter`` names a loaded LoRA adapter; ``None`` means the generator's default: the
+    adapter it was loaded from when its model path is a PEFT adapter folder, else the base.
+    """
 
     def generate(
         self, prompts: Sequence[Messages], params: SamplingParams, adapter: str | None = None
@@ -111,17 +115,26 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 class TransformersGenerator:
     """Batched ``model.generate`` with left padding, length-sorted batches and a progress bar."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 16, progress: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 16,
+        progress: bool = True,
+        default_adapter: str | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.default_adapter = default_adapter
 
     @classmethod
     def load(
         cls,
         base: str | Path,
-        adapters: Mapping[str, str | Path] | None = None,
+        adapters: Mapping[str, str | Path] | str | Path | None = None,
         *,
         gguf_file: str | None = None,
         revision: str | None = None,
@@ -130,13 +143,15 @@ class TransformersGenerator:
         batch_size: int = 16,
         progress: bool = True,
     ) -> TransformersGenerator:
-        """Load a base (full model folder, Hub id, or GGUF via ``gguf_file``) plus named adapters."""
-        from macpo.builder.models import load_model
+        """Load a base (full model folder, Hub id, GGUF via ``gguf_file``, or a PEFT adapter
+        folder, which becomes the default adapter) plus named adapters."""
+        from macpo.builder.models import load_model, resolve_adapters
 
+        base, adapters, default = resolve_adapters(base, adapters)
         model, tokenizer = load_model(
             base, adapters=adapters, gguf_file=gguf_file, revision=revision, dtype=dtype, device=device
         )
-        return cls(model, tokenizer, batch_size=batch_size, progress=progress)
+        return cls(model, tokenizer, batch_size=batch_size, progress=progress, default_adapter=default)
 
     @property
     def adapters(self) -> list[str]:
@@ -177,6 +192,7 @@ class TransformersGenerator:
 
         from macpo.builder.models import use_adapter
 
+        adapter = adapter if adapter is not None else self.default_adapter
         ids = render_prompts(self.tokenizer, prompts)
         batches = length_batches([len(x) for x in ids], self.batch_size)
         kwargs = self._generate_kwargs(params)

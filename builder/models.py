@@ -30,8 +30,36 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _is_adapter_dir(path: str | Path) -> bool:
+def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model a PEFT adapter folder was trained on."""
+    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
+    return base
+
+
+def resolve_adapters(
+    model: str | Path, adapters: Mapping[str, str | Path] | str | Path | None
+) -> tuple[str | Path, dict[str, str | Path], str | None]:
+    """``(base, {name: adapter folder}, default adapter name or None)``.
+
+    A single adapter path is named ``"default"``; so is ``model`` itself when it is a PEFT
+    adapter folder, whose base model then replaces it. The default adapter is the one a caller
+    means when it names none.
+    """
+    if isinstance(adapters, (str, Path)):
+        adapters = {"default": adapters}
+    adapters = dict(adapters or {})
+    if is_adapter_dir(model):
+        if "default" in adapters:
+            raise UserError(f"{model} is a LoRA adapter folder (adapter 'default'); name the other adapters")
+        adapters = {"default": model, **adapters}
+        model = adapter_base(model)
+    return model, adapters, "default" if "default" in adapters else None
 
 
 def load_model(
@@ -56,15 +84,7 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(adapters, (str, Path)):
-        adapters = {"default": adapters}
-    adapters = dict(adapters or {})
-    if _is_adapter_dir(model):
-        if gguf_file:
-            raise UserError(f"{model} is a LoRA adapter folder; gguf_file applies to base models only")
-        base = json.loads((Path(model) / "adapter_config.json").read_text())["base_model_name_or_path"]
-        adapters = {"default": model, **adapters}
-        model = base
+    model, adapters, _ = resolve_adapters(model, adapters)
     kwargs: dict[str, Any] = {"revision": revision}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -92,7 +112,7 @@ def attach_adapters(model: Any, adapters: Mapping[str, str | Path]) -> Any:
     from peft import PeftModel
 
     for name, path in adapters.items():
-        if not _is_adapter_dir(path):
+        if not is_adapter_dir(path):
             raise UserError(f"adapter {name!r}: {path} is not a PEFT adapter folder (no adapter_config.json)")
         if isinstance(model, PeftModel):
             model.load_adapter(str(path), adapter_name=name, is_trainable=False)

@@ -55,7 +55,7 @@ class VLLMGenerator:
     def __init__(
         self,
         base: str | Path,
-        adapters: Mapping[str, str | Path] | None = None,
+        adapters: Mapping[str, str | Path] | str | Path | None = None,
         *,
         gguf_file: str | None = None,
         tensor_parallel_size: int = 1,
@@ -65,11 +65,13 @@ class VLLMGenerator:
         progress: bool = True,
         vllm: Any = None,
     ):
+        from macpo.builder.models import is_adapter_dir, resolve_adapters
+
         self.vllm = vllm or _import_vllm()
         self.progress = progress
-        adapters = dict(adapters or {})
+        base, adapters, self.default_adapter = resolve_adapters(base, adapters)
         for name, path in adapters.items():
-            if not (Path(path) / "adapter_config.json").is_file():
+            if not is_adapter_dir(path):
                 raise UserError(f"adapter {name!r}: {path} is not a PEFT adapter folder (no adapter_config.json)")
         # vLLM wants positive, unique integer ids; order them by name for stable ids across runs.
         self._lora = {
@@ -112,6 +114,7 @@ class VLLMGenerator:
     def generate(
         self, prompts: Sequence[Messages], params: SamplingParams, adapter: str | None = None
     ) -> list[list[str]]:
+        adapter = adapter if adapter is not None else self.default_adapter
         if adapter is not None and adapter not in self._lora:
             raise UserError(f"unknown adapter {adapter!r} (adapters: {', '.join(self.adapters) or 'none loaded'})")
         requests = [{"prompt_token_ids": ids} for ids in render_prompts(self.tokenizer, prompts)]
