@@ -274,7 +274,7 @@ def push(
                     raise
                 if attempt > retries:
                     raise UserError(
-                        f"push of {name}/{version} to {repo} failed after {attempt} attempts "
+                        f"push of {name}/{version} to {repo} failed after {attempt} attempt{'s' if attempt > 1 else ''} "
                         f"({_redact(_first_line(exc), token)}); nothing was tagged and no partial round was committed"
                     ) from None
                 wait = 0.0 if stale and attempt == 1 else retry_wait * 2 ** (attempt - 1)

@@ -356,6 +356,9 @@ def test_transient_faults_are_retried_into_one_commit(hub, env, store_dir):
 def test_lost_commit_reply_is_not_committed_twice(hub, env, store_dir):
     repo = "macpo-org/lost-reply"
     hub.create_repo(repo)
+    # Debris of an untagged earlier attempt matching the config's train-* glob must not survive.
+    stray = "round-1/student/train-00001-of-00002.parquet"
+    hub.commit_files(repo, {stray: b"not parquet"})
     before = hub.commit_count(repo)
     hub.faults.commit_500_after_apply = 1
     p = push(env, store_dir, repo)
@@ -363,6 +366,7 @@ def test_lost_commit_reply_is_not_committed_twice(hub, env, store_dir):
     assert hub.faults.commit_500_after_apply == 0
     assert hub.commit_count(repo) == before + 1
     assert hub.repo(repo).tags["round-1"] == hub.repo(repo).heads["main"]
+    assert stray not in hub.files(repo, "round-1")
 
 
 def test_stale_parent_rereads_head_and_merges_the_new_card(hub, env, store_dir):
