@@ -57,7 +57,7 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return "fp32"
 
 
-def _check_model_path(cfg: TrainConfig) -> None:
+def check_model_path(cfg: TrainConfig) -> None:
     path = Path(cfg.model)
     if path.exists():
         if path.is_file():
@@ -70,12 +70,14 @@ def _check_model_path(cfg: TrainConfig) -> None:
                 path / "adapter_config.json"
             ).is_file() else ""
             raise UserError(f"--model {cfg.model}: not a model folder (no config.json){hint}")
+    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
+        raise UserError(f"--adapter {cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
 
 
 def load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
-    _check_model_path(cfg)
+    check_model_path(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.model_revision, gguf_file=cfg.gguf_file)
     except (OSError, ValueError) as exc:
@@ -88,7 +90,7 @@ def load_tokenizer(cfg: TrainConfig):
 def load_base(cfg: TrainConfig):
     from transformers import AutoModelForCausalLM
 
-    _check_model_path(cfg)
+    check_model_path(cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.model, revision=cfg.model_revision, gguf_file=cfg.gguf_file, dtype=torch_dtype(cfg)
@@ -106,10 +108,7 @@ def load_base(cfg: TrainConfig):
 def _load_adapter(base, cfg: TrainConfig, trainable: bool):
     from peft import PeftModel
 
-    path = Path(cfg.adapter)
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"--adapter {cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+    return PeftModel.from_pretrained(base, str(cfg.adapter), is_trainable=trainable)
 
 
 def lora_config(cfg: TrainConfig):
@@ -146,6 +145,7 @@ def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
     if cfg.adapter:  # full fine-tuning that starts from base + adapter
         base_copy = copy.deepcopy(base) if need_ref and cfg.ref == "base" else None
         model = _load_adapter(base, cfg, trainable=False).merge_and_unload()
+        model.requires_grad_(True)  # PEFT froze the base weights while the adapter was attached
         if not need_ref:
             return Policy(model, reference="stored" if cfg.loss != "sft" else "none")
         if cfg.ref == "base":

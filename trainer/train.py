@@ -20,7 +20,7 @@ from typing import Any
 
 from macpo.errors import UserError
 from macpo.trainer.data import Prepared, load_source, to_trl_dataset
-from macpo.trainer.modeling import Policy, load_policy, load_tokenizer, resolve_precision, use_cpu
+from macpo.trainer.modeling import Policy, check_model_path, load_policy, load_tokenizer, resolve_precision, use_cpu
 from macpo.trainer.train_config import TrainConfig, validate
 
 TRAINER_SCRATCH = "_trainer"
@@ -89,12 +89,25 @@ def training_args(cfg: TrainConfig, output_dir: str, stored_ref: bool):
     )
 
 
-def prepare(cfg: TrainConfig, output_dir: str | os.PathLike) -> Session:
-    """Load data, model and reference, and build the TRL trainer (no training yet)."""
+@dataclass
+class Data:
+    prepared: Prepared
+    provenance: dict
+    where: str
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """Read and check the subset; cheap, so user errors surface before any model loads."""
     validate(cfg)
     table, provenance = load_source(cfg.data, cfg.subset, cfg.dataset, cfg.version)
-    where = f"{provenance.get('dataset') or provenance['source']}/{provenance.get('version') or provenance.get('revision')}/{cfg.subset}"
-    prepared = to_trl_dataset(table, cfg.loss, where, cfg.max_samples)
+    name = provenance.get("dataset") or provenance["source"]
+    where = f"{name}/{provenance.get('version') or provenance.get('revision') or provenance.get('resolved_sha')}/{cfg.subset}"
+    return Data(to_trl_dataset(table, cfg.loss, where, cfg.max_samples), provenance, where)
+
+
+def build_session(cfg: TrainConfig, data: Data, output_dir: str | os.PathLike) -> Session:
+    """Load tokenizer, model and reference, and build the TRL trainer (no training yet)."""
+    prepared = data.prepared
     set_threads(cfg)
     tokenizer = load_tokenizer(cfg)
     need_ref = cfg.loss != "sft" and not prepared.stored_ref
@@ -118,8 +131,12 @@ def prepare(cfg: TrainConfig, output_dir: str | os.PathLike) -> Session:
             # runs with adapters disabled, i.e. the base model.
             trainer.model.delete_adapter("ref")
     if len(trainer.train_dataset) == 0:
-        raise UserError(f"{where}: every row's prompt fills --max-length {cfg.max_length}; nothing left to train on")
-    return Session(cfg, trainer, prepared, provenance, policy, tokenizer)
+        raise UserError(f"{data.where}: every row's prompt fills --max-length {cfg.max_length}; nothing left to train on")
+    return Session(cfg, trainer, prepared, data.provenance, policy, tokenizer)
+
+
+def prepare(cfg: TrainConfig, output_dir: str | os.PathLike) -> Session:
+    return build_session(cfg, load_data(cfg), output_dir)
 
 
 def run_training(cfg: TrainConfig) -> dict:
@@ -128,6 +145,8 @@ def run_training(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise UserError(f"--out {out} already exists (pass --overwrite to replace it)")
+    data = load_data(cfg)
+    check_model_path(cfg)
     from accelerate import PartialState
 
     state = PartialState()
@@ -137,7 +156,7 @@ def run_training(cfg: TrainConfig) -> dict:
         tmp.mkdir(parents=True)
     state.wait_for_everyone()
     try:
-        session = prepare(cfg, tmp / TRAINER_SCRATCH)
+        session = build_session(cfg, data, tmp / TRAINER_SCRATCH)
         started = time.time()
         result = session.trainer.train()
         seconds = time.time() - started
