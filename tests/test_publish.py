@@ -115,12 +115,13 @@ def run_py(env, code: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=REPO_ROOT)
 
 
-def no_leak(hub: FakeHub, *procs):
+def no_leak(hub: FakeHub, *procs, folders=()):
     for p in procs:
         assert TOKEN not in p.stdout and TOKEN not in p.stderr
-    for path in hub.root.rglob("*"):
-        if path.is_file():
-            assert TOKEN.encode() not in path.read_bytes(), f"token leaked into {path}"
+    for folder in (hub.root, *folders):  # the remote, and local caches (cards, manifests, snapshots)
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), f"token leaked into {path}"
     assert all(TOKEN not in path for _, path, _ in hub.log)
 
 
@@ -195,6 +196,28 @@ def test_card_merge_keeps_existing_metadata_and_prose(store_dir):
     assert str(again) == text
 
 
+def test_card_for_an_import_and_without_audit_module(tmp_path, monkeypatch):
+    from macpo.builder.publish import _audit_rows
+    from macpo.data_cards.cards import agents_from, render_dataset_card
+    from macpo.store import Store, Subset
+
+    store = Store(tmp_path / "s", create=True)
+    store.write("hh", "v1", {"default": Subset("pairs", pairs_table([("q", "a", "b")]))}, extra={"format": "hh-rlhf"})
+    monkeypatch.setitem(sys.modules, "macpo.audit", None)  # as if the audit module were not installed
+    audits, note = _audit_rows(store, "hh", "v1")
+    assert audits == [] and "not available" in note
+    manifest = store.manifest("hh", "v1")
+    text = str(render_dataset_card(manifest=manifest, repo_id="o/hh", audit_note=note))
+    assert "No model agents recorded" in text and "None recorded" in text and "import (hh-rlhf)" in text
+    assert "not available" in text and 'load_dataset("o/hh", "v1-default", revision="v1", split="train")' in text
+    # The manifest's `models` may be a plain id, a mapping with a revision, or a list.
+    assert agents_from({"models": {"student": "m/s", "teacher-0": {"model_id": "m/t", "sha": "abc"}}}) == [
+        {"name": "student", "model": "m/s", "revision": None},
+        {"name": "teacher-0", "model": "m/t", "revision": "abc"},
+    ]
+    assert agents_from({"models": [{"agent": "student", "model": "m/s", "revision": "r1"}]})[0]["revision"] == "r1"
+
+
 # ---- push round trip --------------------------------------------------------------------
 def test_round_trip_idempotent_and_round_two(hub, env, store_dir, tmp_path):
     from macpo.store import Store
@@ -266,7 +289,7 @@ def test_round_trip_idempotent_and_round_two(hub, env, store_dir, tmp_path):
         assert got["hash"] == store.manifest("run", version)["subsets"][subset]["content_hash"], (rev, subset)
     rows = sorted(loaded[0]["rows"], key=lambda r: r["pair_id"])
     assert rows == sorted(store.read("run", "round-1", "student").to_pylist(), key=lambda r: r["pair_id"])
-    no_leak(hub, first, second, third, check)
+    no_leak(hub, first, second, third, check, folders=[env["HF_HOME"]])
 
 
 def test_refuses_different_content_under_existing_tag(hub, env, store_dir, tmp_path):
@@ -395,6 +418,13 @@ def test_create_pr_commits_to_a_pr_ref_without_tagging(hub, env, store_dir):
     r = hub.repo(repo)
     assert r.heads["main"] == head and r.tags == {} and 1 in r.prs
     assert "round-1/manifest.json" in hub.files(repo, "refs/pr/1")
+
+    # Once the PR is merged (a fast-forward here), the same push only tags the merged commit.
+    r.heads["main"] = r.prs[1]
+    before = hub.commit_count(repo)
+    again = push(env, store_dir, repo)
+    assert again.returncode == 0, again.stderr
+    assert hub.commit_count(repo) == before and r.tags["round-1"] == r.prs[1]
 
 
 # ---- reading back -----------------------------------------------------------------------
