@@ -37,25 +37,25 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from macpo.errors import UserError
-from macpo.schema import conform
+from macpo.schema import SCORE, conform
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
 STUDENT = "student"
 
 
-@dataclass
-class Pairing:
-    """Pairs per learner (``{"student": table, "teacher-0": table, ...}``) and dropped prompts."""
+class Pairing(dict):
+    """``{learner: pairs table}`` (``"student"``, ``"teacher-0"``, ...) plus ``dropped``: the
+    prompt ids left out for missing inputs (only ever non-empty with ``strict=False``)."""
 
-    subsets: dict[str, pa.Table]
-    dropped: list[str] = field(default_factory=list)
+    def __init__(self, subsets: dict[str, pa.Table], dropped: Sequence[str] = ()):
+        super().__init__(subsets)
+        self.dropped = list(dropped)
 
 
 def pair_ids(round_: int, learner: str, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -71,27 +71,62 @@ def teacher_order(candidates: pa.Table, student: str = STUDENT) -> list[str]:
     return sorted((a for a in names if not a.endswith("-neg")), key=key)
 
 
-def ppl_under(candidates: pa.Table, scorer: str) -> pa.Array:
-    """Each candidate's perplexity under ``scorer`` (null where it was not scored)."""
+def familiarity_entries(candidates: pa.Table) -> pa.Table:
+    """The ``familiarity`` lists flattened: one ``(row, scorer, ppl)`` row per score."""
     fam = candidates.column("familiarity").combine_chunks()
     flat = pc.list_flatten(fam)
-    rows = pc.list_parent_indices(fam).to_numpy()
-    hit = pc.equal(pc.struct_field(flat, "scorer"), scorer).to_numpy(zero_copy_only=False)
-    hit = hit & ~np.asarray(pc.is_null(pc.struct_field(flat, "scorer")).to_numpy(zero_copy_only=False))
-    rows = rows[hit]
-    if len(np.unique(rows)) != len(rows):
+    return pa.table(
+        {
+            "row": pc.list_parent_indices(fam).cast(pa.int64()),
+            "scorer": pc.struct_field(flat, "scorer"),
+            "ppl": pc.struct_field(flat, "ppl"),
+        }
+    )
+
+
+def ppl_under(candidates: pa.Table, scorer: str) -> pa.Array:
+    """Each candidate's perplexity under ``scorer`` (null where it was not scored)."""
+    entries = familiarity_entries(candidates)
+    entries = entries.filter(pc.fill_null(pc.equal(entries.column("scorer"), scorer), False))
+    if pc.count_distinct(entries.column("row")).as_py() != entries.num_rows:
         raise UserError(f"candidates: some familiarity lists score {scorer!r} twice")
-    values = np.full(candidates.num_rows, np.nan)
-    values[rows] = pc.struct_field(flat, "ppl").to_numpy(zero_copy_only=False)[hit]
-    scored = np.zeros(candidates.num_rows, bool)
-    scored[rows] = True
-    return pa.array(values, pa.float64(), mask=~scored)
+    where = pc.index_in(pa.array(np.arange(candidates.num_rows)), value_set=entries.column("row"))
+    return pc.take(entries.column("ppl"), where).combine_chunks()
 
 
-def _single_round(table: pa.Table, what: str) -> int:
+def attach_familiarity(candidates: pa.Table, scores: pa.Table) -> pa.Table:
+    """Candidates with ``scores`` (``candidate_id, scorer, ppl`` rows) added to ``familiarity``.
+
+    Entries already in ``familiarity`` are kept; each list ends up sorted by scorer. A score
+    for an unknown candidate, or two scores of one candidate by the same scorer, is an error.
+    """
+    ids = candidates.column("candidate_id").combine_chunks()
+    if pc.count_distinct(ids).as_py() != len(ids):
+        raise UserError("candidates: candidate_id values are not unique")
+    rows = pc.index_in(scores.column("candidate_id"), value_set=ids)
+    if rows.null_count:
+        raise UserError(f"familiarity scores name {rows.null_count} unknown candidate id(s)")
+    new = pa.table({"row": rows.cast(pa.int64()), "scorer": scores.column("scorer").cast(pa.string()),
+                    "ppl": scores.column("ppl").cast(pa.float64())})
+    entries = pa.concat_tables([familiarity_entries(candidates), new]).combine_chunks()
+    keys = pc.binary_join_element_wise(entries.column("row").cast(pa.string()), entries.column("scorer"), "\x1f")
+    if pc.count_distinct(keys).as_py() != entries.num_rows:
+        raise UserError("familiarity: a candidate has two scores from the same scorer")
+    entries = entries.sort_by([("row", "ascending"), ("scorer", "ascending")])
+    counts = np.bincount(entries.column("row").to_numpy(), minlength=candidates.num_rows)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+    values = pa.StructArray.from_arrays(
+        [entries.column("scorer").combine_chunks(), entries.column("ppl").combine_chunks()], fields=list(SCORE)
+    )
+    column = pa.ListArray.from_arrays(offsets, values, type=pa.list_(SCORE))
+    return candidates.set_column(candidates.schema.get_field_index("familiarity"), "familiarity", column)
+
+
+def _single_round(table: pa.Table, what: str, expected: int | None) -> int:
     rounds = pc.unique(table.column("round")).to_pylist()
-    if len(rounds) != 1:
-        raise UserError(f"{what}: expected rows of one round, found rounds {sorted(rounds)}")
+    if len(rounds) != 1 or (expected is not None and rounds[0] != expected):
+        wanted = "one round" if expected is None else f"round {expected}"
+        raise UserError(f"{what}: expected rows of {wanted}, found rounds {sorted(rounds)}")
     return int(rounds[0])
 
 
@@ -141,14 +176,19 @@ def macpo_pairs(
     candidates: pa.Table,
     hard_negatives: pa.Table | None,
     *,
+    round_: int | None = None,
     student: str = STUDENT,
     teachers: Sequence[str] | None = None,
     mutual_positive: bool = True,
     hard_negative: bool = True,
     strict: bool = True,
 ) -> Pairing:
-    """MACPO pairs for the student and every teacher from one round's candidates (see module doc)."""
-    round_ = _single_round(candidates, "candidates")
+    """MACPO pairs for the student and every teacher from one round's candidates (see module doc).
+
+    ``round_`` (optional) asserts the candidates' round; ``teachers`` sets the tie-break order
+    (default: every non-student, non-``-neg`` agent in natural order).
+    """
+    round_ = _single_round(candidates, "candidates", round_)
     teachers = list(teachers) if teachers is not None else teacher_order(candidates, student)
     if not teachers:
         raise UserError("candidates: no teacher candidates found")
@@ -248,21 +288,23 @@ def self_play_pairs(
     candidates: pa.Table,
     *,
     agent: str,
-    objective: str = "spac",
+    pair_type: str = "spac",
+    round_: int | None = None,
     strict: bool = True,
 ) -> Pairing:
-    """SPAC/SPIN rows: each preference (x, y+, y-) plus the policy's own sample y' for x.
+    """SPAC/SPIN rows ``{agent: table}``: each preference (x, y+, y-) plus the policy's sample y'.
 
     ``candidates`` are the current policy's samples; the row of ``agent`` with sample_index 0
     is y' (``self_response``, ``self_agent``), and its sampling parameters and seed fill the
-    sampling columns. ``objective="spac"`` keeps rejected = y-. ``objective="spin"`` sets
-    rejected = y' as well, so the table is SPIN as plain DPO (y+ over y') even for a trainer
-    that ignores ``self_response``. ``chosen_ppl`` is y+'s perplexity under ``agent`` when the
-    preference table was scored (left as is). Output round = the candidates' round.
+    sampling columns. ``pair_type="spac"`` (or ``"dpo"``, iterated DPO = SPAC with alpha 0)
+    keeps rejected = y-. ``"spin"`` sets rejected = y' as well, so the table is SPIN as plain
+    DPO (y+ over y') even for a trainer that ignores ``self_response``. Reference log-probs
+    are cleared (the new reference is the current policy); other columns are kept. Output
+    round = the candidates' round; missing candidates as in :func:`macpo_pairs`.
     """
-    if objective not in ("spac", "spin"):
-        raise UserError(f"self-play objective must be 'spac' or 'spin', got {objective!r}")
-    round_ = _single_round(candidates, "candidates")
+    if pair_type not in ("spac", "spin", "dpo"):
+        raise UserError(f"self-play pair_type must be 'spac', 'spin' or 'dpo', got {pair_type!r}")
+    round_ = _single_round(candidates, "candidates", round_)
     mask = pc.and_(pc.equal(candidates.column("agent"), agent), pc.equal(candidates.column("sample_index"), 0))
     own = _rows(candidates, mask, f"candidates of {agent}")
     prefs = preferences.sort_by([("prompt_id", "ascending"), ("pair_id", "ascending")])
@@ -277,7 +319,7 @@ def self_play_pairs(
         pair_id=pair_ids(round_, agent, prefs.column("pair_id")),
         round=pa.array([round_] * n, pa.int32()),
         agent=pa.array([agent] * n, pa.string()),
-        pair_type=pa.array([objective] * n, pa.string()),
+        pair_type=pa.array([pair_type] * n, pa.string()),
         self_response=y.column("response"),
         self_agent=y.column("agent"),
         **{c: y.column(c) for c in SAMPLING_COLUMNS},
@@ -285,7 +327,7 @@ def self_play_pairs(
         ref_rejected_logps=pa.nulls(n, pa.float64()),
         ref_self_logps=pa.nulls(n, pa.float64()),
     )
-    if objective == "spin":
+    if pair_type == "spin":
         columns.update(rejected=y.column("response"), rejected_agent=y.column("agent"))
-    table = conform(pa.table(columns), "pairs", f"round {round_} {objective} pairs for {agent}")
+    table = conform(pa.table(columns), "pairs", f"round {round_} {pair_type} pairs for {agent}")
     return Pairing(subsets={agent: table}, dropped=sorted(set(dropped)))

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from macpo.builder.pairing import macpo_pairs, pair_ids, ppl_under, self_play_pairs, teacher_order
+from macpo.builder.pairing import attach_familiarity, macpo_pairs, pair_ids, ppl_under, self_play_pairs, teacher_order
 from macpo.errors import UserError
 from macpo.schema import PAIRS, conform
 
@@ -79,9 +79,9 @@ def text(messages_column):
 def test_macpo_student_takes_least_perplexing_teacher_and_teachers_take_student():
     cands = candidates(round_rows("p2", [5.0, 4.0, 9.0]) + round_rows("p1", [1.5, 8.0, 2.5]))
     result = macpo_pairs(cands, negatives(["p1", "p2"]))
-    assert set(result.subsets) == {"student", *TEACHERS} and result.dropped == []
+    assert set(result) == {"student", *TEACHERS} and result.dropped == []
 
-    student = result.subsets["student"]
+    student = result["student"]
     assert student.schema == PAIRS
     assert column(student, "prompt_id") == ["p1", "p2"]  # sorted, whatever the input order
     assert text(column(student, "chosen")) == ["t0 says p1", "t1 says p2"]
@@ -94,11 +94,11 @@ def test_macpo_student_takes_least_perplexing_teacher_and_teachers_take_student(
     assert set(column(student, "round")) == {2} and set(column(student, "agent")) == {"student"}
     assert column(student, "prompt") == [user("question p1"), user("question p2")]
 
-    teacher = result.subsets["teacher-0"]
+    teacher = result["teacher-0"]
     assert text(column(teacher, "chosen")) == ["student says p1", "student says p2"]
     assert column(teacher, "chosen_agent") == ["student", "student"]
     assert column(teacher, "chosen_ppl") == [11.0, 11.0]  # student's response under teacher-0
-    assert column(result.subsets["teacher-1"], "chosen_ppl") == [None, None]  # never scored by teacher-1
+    assert column(result["teacher-1"], "chosen_ppl") == [None, None]  # never scored by teacher-1
     assert text(column(teacher, "rejected")) == ["bad teacher-0 p1", "bad teacher-0 p2"]
     assert column(teacher, "rejected_agent") == ["teacher-0-neg"] * 2
     assert column(teacher, "seed") == [1, 1]
@@ -108,11 +108,11 @@ def test_pair_ids_are_deterministic_unique_and_order_independent():
     rows = round_rows("p1", [1.0, 2.0, 3.0]) + round_rows("p2", [3.0, 2.0, 1.0])
     a = macpo_pairs(candidates(rows), negatives(["p1", "p2"]))
     b = macpo_pairs(candidates(rows[::-1]), negatives(["p2", "p1"]))
-    for learner in a.subsets:
-        assert a.subsets[learner].equals(b.subsets[learner])
-    ids = [i for t in a.subsets.values() for i in column(t, "pair_id")]
+    for learner in a:
+        assert a[learner].equals(b[learner])
+    ids = [i for t in a.values() for i in column(t, "pair_id")]
     assert len(set(ids)) == len(ids) == 8
-    assert column(a.subsets["student"], "pair_id") == pair_ids(2, "student", pa.array(["p1", "p2"])).to_pylist()
+    assert column(a["student"], "pair_id") == pair_ids(2, "student", pa.array(["p1", "p2"])).to_pylist()
     assert pair_ids(3, "student", pa.array(["p1"])) != pair_ids(2, "student", pa.array(["p1"]))
 
 
@@ -120,7 +120,7 @@ def test_ties_go_to_the_lowest_teacher_index_in_natural_order():
     # teacher-1 and teacher-2 tie at the minimum; teacher-1 wins in either input order.
     rows = round_rows("p1", [3.0, 2.0, 2.0])
     for ordered in (rows, rows[::-1]):
-        student = macpo_pairs(candidates(ordered), negatives(["p1"])).subsets["student"]
+        student = macpo_pairs(candidates(ordered), negatives(["p1"]))["student"]
         assert column(student, "chosen_agent") == ["teacher-1"]
     # Natural order: teacher-2 ranks before teacher-10 although "teacher-10" < "teacher-2" as text.
     rows = [cand("p1", "student", "s", {"student": 1.0}), cand("p1", "teacher-10", "x", {"student": 2.0}),
@@ -128,32 +128,32 @@ def test_ties_go_to_the_lowest_teacher_index_in_natural_order():
     cands = candidates(rows)
     assert teacher_order(cands) == ["teacher-2", "teacher-10"]
     negs = negatives(["p1"], ("student", "teacher-2", "teacher-10"))
-    assert column(macpo_pairs(cands, negs).subsets["student"], "chosen_agent") == ["teacher-2"]
+    assert column(macpo_pairs(cands, negs)["student"], "chosen_agent") == ["teacher-2"]
     # An explicit teacher list sets the tie-break order.
     pairs = macpo_pairs(cands, negs, teachers=["teacher-10", "teacher-2"])
-    assert column(pairs.subsets["student"], "chosen_agent") == ["teacher-10"]
+    assert column(pairs["student"], "chosen_agent") == ["teacher-10"]
 
 
 def test_without_mutual_positives_the_student_keeps_its_own_sample():
     cands = candidates(round_rows("p1", [1.0, 2.0, 3.0], student_fam={"student": 3.5}))
     result = macpo_pairs(cands, negatives(["p1"]), mutual_positive=False)
-    student = result.subsets["student"]
+    student = result["student"]
     assert text(column(student, "chosen")) == ["student says p1"]
     assert column(student, "pair_type") == ["self-positive"]
     assert column(student, "chosen_ppl") == [3.5]
     assert column(student, "rejected_agent") == ["student-neg"]
     # Teachers still learn the student's sample.
-    assert column(result.subsets["teacher-2"], "pair_type") == ["mutual-positive"]
-    assert column(result.subsets["teacher-2"], "chosen_agent") == ["student"]
+    assert column(result["teacher-2"], "pair_type") == ["mutual-positive"]
+    assert column(result["teacher-2"], "chosen_agent") == ["student"]
 
 
 def test_without_hard_negatives_rejected_is_the_learners_second_plain_sample():
     cands = candidates(round_rows("p1", [1.0, 2.0, 3.0], extra_samples=True))
     result = macpo_pairs(cands, None, hard_negative=False)
-    for learner, table in result.subsets.items():
+    for learner, table in result.items():
         assert text(column(table, "rejected")) == [f"{learner} again p1"]
         assert column(table, "rejected_agent") == [learner]
-    assert column(result.subsets["student"], "chosen_agent") == ["teacher-0"]
+    assert column(result["student"], "chosen_agent") == ["teacher-0"]
     # Sample 1 is required under -HN.
     with pytest.raises(UserError, match="sample-1 candidate of student"):
         macpo_pairs(candidates(round_rows("p1", [1.0, 2.0, 3.0])), None, hard_negative=False)
@@ -171,7 +171,7 @@ def test_missing_inputs_raise_by_default_or_drop_from_every_subset():
         macpo_pairs(cands, negs)
     result = macpo_pairs(cands, negs, strict=False)
     assert result.dropped == ["p2", "p3", "p4"]
-    for table in result.subsets.values():
+    for table in result.values():
         assert column(table, "prompt_id") == ["p1"]
 
 
@@ -211,7 +211,7 @@ def test_spac_triples_add_the_policys_own_sample():
         self_play_pairs(preferences(), cands, agent="policy")
     result = self_play_pairs(preferences(), cands, agent="policy", strict=False)
     assert result.dropped == ["p3"]
-    spac = result.subsets["policy"]
+    spac = result["policy"]
     assert spac.schema == PAIRS
     assert column(spac, "prompt_id") == ["p1", "p2"]
     assert text(column(spac, "chosen")) == ["good p1", "good p2"]
@@ -226,10 +226,40 @@ def test_spac_triples_add_the_policys_own_sample():
 
 def test_spin_rejects_the_policys_own_sample():
     cands = candidates([cand(p, "policy", f"mine {p}") for p in ("p1", "p2", "p3")])
-    spin = self_play_pairs(preferences(), cands, agent="policy", objective="spin").subsets["policy"]
+    spin = self_play_pairs(preferences(), cands, agent="policy", pair_type="spin")["policy"]
     assert column(spin, "pair_type") == ["spin"] * 3
     assert text(column(spin, "chosen")) == ["good p1", "good p2", "good p3"]
     assert text(column(spin, "rejected")) == text(column(spin, "self_response")) == ["mine p1", "mine p2", "mine p3"]
     assert column(spin, "rejected_agent") == ["policy"] * 3
-    with pytest.raises(UserError, match="'spac' or 'spin'"):
-        self_play_pairs(preferences(), cands, agent="policy", objective="dpo")
+    dpo = self_play_pairs(preferences(), cands, agent="policy", pair_type="dpo", round_=2)["policy"]
+    assert text(column(dpo, "rejected")) == ["poor p1", "poor p2", "poor p3"]
+    with pytest.raises(UserError, match="'spac', 'spin' or 'dpo'"):
+        self_play_pairs(preferences(), cands, agent="policy", pair_type="ipo")
+    with pytest.raises(UserError, match="expected rows of round 3"):
+        self_play_pairs(preferences(), cands, agent="policy", round_=3)
+
+
+def test_attach_familiarity_merges_scores_into_sorted_lists():
+    cands = candidates([cand("p1", "student", "a", {"teacher-0": 4.0}), cand("p1", "teacher-0", "b"),
+                        cand("p2", "teacher-0", "c")])
+    scores = pa.table({"candidate_id": ["p1/teacher-0/0", "p1/student/0", "p2/teacher-0/0"],
+                       "scorer": ["student", "student", "student"], "ppl": [2.5, 1.5, 3.5]})
+    out = attach_familiarity(cands, scores)
+    assert out.schema == cands.schema
+    assert column(out, "familiarity") == [
+        [{"scorer": "student", "ppl": 1.5}, {"scorer": "teacher-0", "ppl": 4.0}],
+        [{"scorer": "student", "ppl": 2.5}],
+        [{"scorer": "student", "ppl": 3.5}],
+    ]
+    assert ppl_under(out, "student").to_pylist() == [1.5, 2.5, 3.5]
+    with pytest.raises(UserError, match="same scorer"):
+        attach_familiarity(out, scores.slice(0, 1))
+    with pytest.raises(UserError, match="1 unknown candidate"):
+        attach_familiarity(cands, pa.table({"candidate_id": ["nope"], "scorer": ["student"], "ppl": [1.0]}))
+
+
+def test_round_argument_is_checked_against_the_candidates():
+    cands = candidates(round_rows("p1", [1.0, 2.0, 3.0]))
+    assert set(column(macpo_pairs(cands, negatives(["p1"]), round_=2)["student"], "round")) == {2}
+    with pytest.raises(UserError, match="expected rows of round 1"):
+        macpo_pairs(cands, negatives(["p1"]), round_=1)
