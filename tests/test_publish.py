@@ -337,6 +337,16 @@ def test_no_token_is_one_clean_line(env, store_dir):
     one_line_error(push(env, store_dir, "macpo-org/no-token"), "no Hugging Face token")
 
 
+def test_unreachable_hub_is_one_clean_line(env, store_dir):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = push({**env, "HF_ENDPOINT": f"http://127.0.0.1:{port}"}, store_dir, "macpo-org/unreachable", "--retries", "0")
+    one_line_error(p, "cannot reach the Hub")
+
+
 def test_wrong_token_is_one_clean_line(hub, env, store_dir):
     p = push({**env, "HF_TOKEN": "hf_wrong_but_also_secret"}, store_dir, "macpo-org/wrong-token")
     line = one_line_error(p, "refused the token")
