@@ -273,9 +273,11 @@ class RoundBuilder:
         self._round(previous, next(iter(self.store.subsets(self.layout.rounds_dataset, previous))))
         offline = self.data("dw")
         model = self.layout.require_model("student", n - 1)
-        prompts = offline.select(["prompt_id", "prompt"])
+        ids = offline.column("prompt_id").to_pylist()
+        first = sorted({pid: i for i, pid in reversed(list(enumerate(ids)))}.values())  # one sample per distinct prompt
+        prompts = offline.select(["prompt_id", "prompt"]).take(first)
         candidates = self.generate(version, n, "student", model, prompts)
-        pairs = pairing.self_play_pairs(offline, candidates, round_=n, pair_type=self.cfg.method, agent="student")
+        pairs = pairing.self_play_pairs(offline, candidates, round_=n, pair_type=self.cfg.method, agent="student")["student"]
         if self.cfg.store_ref_logps:
             pairs = self._with_ref_logps(pairs, "student", n)
         subsets = {"student": Subset("pairs", pairs), "candidates": Subset("candidates", candidates)}
