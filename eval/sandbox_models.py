@@ -1,0 +1,325 @@
+"""Sandbox models: the world's tokenizer, tiny Llama configs, a short pretraining pass, and a cache.
+
+Every sandbox agent (``sandbox:teacher-0`` ... ``sandbox:student``) is a tiny LlamaForCausalLM
+pretrained on a corpus of world dialogues with good and bad behaviour mixed (world.corpus), so the
+larger student holds latent skill that weak labels can elicit. Checkpoints live outside the repo:
+
+    $MACPO_CACHE/sandbox/<key>/<model-name>/       (default MACPO_CACHE: ~/.cache/macpo)
+
+``<key>`` hashes the world's language (world.definition), the model's architecture and its
+pretraining settings, so a changed world retrains and a changed seed or data size does not.
+Each folder is written to a temporary sibling and renamed into place, and a lock file keeps two
+processes from training the same model at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+from macpo.errors import UserError
+from macpo.hashing import json_hash
+
+from macpo.eval import world as W
+
+PAD, EOS, UNK, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|unk|>", "<|user|>", "<|assistant|>"
+SPECIALS = [PAD, EOS, UNK, USER, ASSISTANT]
+MAX_POSITIONS = 64
+
+# Every role but "assistant" renders as a user turn (the world has no system prompts). The prompt
+# rendered with add_generation_prompt is a prefix of prompt + completion, as TRL requires.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}" + ASSISTANT + " {{ m['content'] }} " + EOS + "{% else %}"
+    + USER + " {{ m['content'] }} {% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+PRETRAIN_FORMAT = "macpo-sandbox-pretrain/1"  # bump when the training code changes its result
+
+
+def render(prompt: str, response: str | None = None) -> str:
+    """The chat template's text for one exchange (tests check it equals apply_chat_template)."""
+    text = f"{USER} {prompt} {ASSISTANT}"
+    return text if response is None else f"{text} {response} {EOS}"
+
+
+# ---- tokenizer -----------------------------------------------------------------------------
+
+def build_tokenizer():
+    """A WordLevel tokenizer over the world vocabulary: every world word is exactly one token,
+    digits are split one per token, and there is no BOS (so prompts are token prefixes)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + W.vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="left",
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a sandbox tokenizer with left padding (generation needs it; not every save keeps it)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    return tok
+
+
+def check_single_tokens(tokenizer) -> None:
+    """Every world word must be one token (sandbox.md trap 7: split words cap exact matches)."""
+    split = [w for w in W.vocabulary() if len(tokenizer(w, add_special_tokens=False)["input_ids"]) != 1]
+    unknown = [w for w in W.vocabulary() if tokenizer.convert_tokens_to_ids(w) == tokenizer.unk_token_id]
+    if split or unknown:
+        raise AssertionError(f"world words not single known tokens: {sorted(set(split + unknown))}")
+
+
+# ---- model and pretraining configs -------------------------------------------------------------
+
+def model_settings(world_cfg: Mapping[str, Any] | None) -> tuple[dict[str, dict], dict]:
+    """(name -> architecture + pretraining schedule, shared pretraining settings)."""
+    cfg = W.resolve(world_cfg)
+    return cfg["models"], cfg["pretrain"]
+
+
+def build_model(tokenizer, spec: Mapping[str, Any], seed: int):
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    hidden, layers = int(spec["hidden"]), int(spec["layers"])
+    heads = int(spec.get("heads", 4))
+    if hidden % heads:
+        raise UserError(f"world.models: hidden {hidden} is not divisible by heads {heads}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=int(spec.get("mlp", 4 * hidden)),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=24
+    )
+    return model
+
+
+def _batches(tokenizer, world_cfg: dict, batch_size: int, seed: int):
+    """Endless (input_ids, attention_mask, labels) batches of corpus dialogues.
+
+    The loss covers the response and its EOS only: prompts are random draws the model cannot
+    predict, and their gradient would only slow the skills down.
+    """
+    import torch
+
+    stream = W.corpus(world_cfg, seed)
+    assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
+    pad = tokenizer.pad_token_id
+    while True:
+        texts = [render(p, r) for _, p, r in (next(stream) for _ in range(batch_size))]
+        rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        width = max(map(len, rows))
+        ids = torch.full((batch_size, width), pad, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, row in enumerate(rows):  # right padding is fine for teacher-forced training
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+            start = row.index(assistant_id) + 1
+            labels[i, start : len(row)] = ids[i, start : len(row)]
+        yield ids, mask, labels
+
+
+def pretrain(model, tokenizer, world_cfg: dict, spec: Mapping[str, Any], pre: Mapping[str, Any], seed: int, bar=None) -> dict:
+    """Next-token pretraining on the world corpus.
+
+    A plain torch loop, not TRL/Trainer: this is language-model pretraining on an endless
+    synthetic stream (no dataset, no checkpoints, no eval), where a 30-line loop is much faster
+    to start than a Trainer and has nothing to reuse from preference training.
+    """
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    steps = int(spec["steps"])
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=float(spec["lr"]), betas=(0.9, 0.98), weight_decay=float(pre["weight_decay"])
+    )
+    sched = get_cosine_schedule_with_warmup(opt, min(int(pre["warmup"]), max(steps // 5, 1)), steps)
+    batches = _batches(tokenizer, world_cfg, int(spec.get("batch_size", pre["batch_size"])), seed)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        ids, mask, labels = next(batches)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    model.eval()
+    tail = losses[-20:]
+    return {"steps": steps, "final_loss": sum(tail) / len(tail) if tail else None}
+
+
+# ---- cache ---------------------------------------------------------------------------------
+
+def cache_root() -> Path:
+    base = os.environ.get("MACPO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "macpo"
+    )
+    return Path(base) / "sandbox"
+
+
+def cache_key(world_cfg: Mapping[str, Any] | None, name: str) -> str:
+    """Hash of what determines the pretrained weights of model ``name``."""
+    cfg = W.resolve(world_cfg)
+    if name not in cfg["models"]:
+        raise UserError(f"world.models has no model {name!r} (models: {', '.join(cfg['models'])})")
+    pre = {k: v for k, v in cfg["pretrain"].items() if k != "threads"}  # threads change speed, not weights
+    return json_hash(
+        {"format": PRETRAIN_FORMAT, "world": W.definition(cfg), "model": cfg["models"][name], "pretrain": pre, "name": name}
+    ).split(":", 1)[1][:16]
+
+
+def model_dir(world_cfg: Mapping[str, Any] | None, name: str) -> Path:
+    return cache_root() / cache_key(world_cfg, name) / name
+
+
+def _threads(pre: Mapping[str, Any]) -> int:
+    n = int(pre.get("threads", 0) or 0)
+    if n > 0:
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _train_one(world_cfg: dict, name: str, final: Path, bar) -> dict:
+    import torch
+
+    models, pre = model_settings(world_cfg)
+    spec = models[name]
+    tokenizer = build_tokenizer()
+    check_single_tokens(tokenizer)
+    # Each model draws its own corpus stream; its init seed depends on the name too.
+    seed = int(pre["seed"])
+    model = build_model(tokenizer, spec, seed=seed + sum(map(ord, name)))
+    start = time.perf_counter()
+    stats = pretrain(model, tokenizer, world_cfg, spec, pre, seed=seed * 1000 + sum(map(ord, name)), bar=bar)
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    stats["threads"] = torch.get_num_threads()
+    stats["parameters"] = sum(p.numel() for p in model.parameters())
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"name": name, "key": final.parent.name, "model": spec, "pretrain": pre, **stats,
+                "world": W.definition(world_cfg)}
+        (tmp / "sandbox.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats
+
+
+def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] | None = None,
+                   progress: bool = True) -> dict[str, str]:
+    """Pretrained base models (before any SFT) for the sandbox agents, trained once and cached.
+
+    Returns ``{name: local model folder}`` for ``names`` (default: every model of
+    ``world.models``, i.e. ``teacher-0`` .. ``teacher-{K-1}`` and ``student``).
+    """
+    import fcntl
+
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg = W.resolve(world_cfg)
+    models, pre = cfg["models"], cfg["pretrain"]
+    names = list(models) if names is None else list(names)
+    unknown = [n for n in names if n not in models]
+    if unknown:
+        raise UserError(f"world.models has no model(s) {', '.join(unknown)} (models: {', '.join(models)})")
+    dirs = {n: model_dir(cfg, n) for n in names}
+    todo = [n for n in names if not (dirs[n] / "sandbox.json").is_file()]
+    if todo:
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(_threads(pre))
+        total = sum(int(models[n]["steps"]) for n in todo)
+        try:
+            with tqdm(total=total, desc="pretraining sandbox models", unit="step", disable=not progress) as bar:
+                for n in todo:
+                    bar.set_description(f"pretraining {n}")
+                    dirs[n].parent.mkdir(parents=True, exist_ok=True)
+                    with open(dirs[n].parent / f".{n}.lock", "w") as lock:
+                        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training it
+                        if not (dirs[n] / "sandbox.json").is_file():
+                            _train_one(cfg, n, dirs[n], bar)
+                        else:
+                            bar.update(int(models[n]["steps"]))
+        finally:
+            torch.set_num_threads(old_threads)
+    return {n: str(d) for n, d in dirs.items()}
+
+
+def pretrain_info(path: str | os.PathLike) -> dict:
+    """The ``sandbox.json`` written next to a cached model (timings, loss, settings)."""
+    return json.loads((Path(path) / "sandbox.json").read_text())
+
+
+def load_model(path: str | os.PathLike):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path)).eval()
+
+
+def generate(model, tokenizer, prompts: list[str], batch_size: int = 256, max_new_tokens: int = 24) -> list[str]:
+    """Greedy responses to world prompts (for measurements; the builder has its own generator)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        texts = [render(p) for p in prompts[i : i + batch_size]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [o.strip() for o in out]
