@@ -199,7 +199,9 @@ class TransformersGenerator:
         per_row = kwargs["num_return_sequences"]
         results: list[list[str]] = [[] for _ in prompts]
         bar = tqdm(total=len(prompts), desc=f"generate {adapter or 'base'}", unit="prompt", disable=not self.progress)
-        with use_adapter(self.model, adapter), torch.inference_mode(), bar:
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        # generate() samples from torch's global RNG; fork it so callers' random state is untouched.
+        with use_adapter(self.model, adapter), torch.inference_mode(), torch.random.fork_rng(devices), bar:
             for b, rows in enumerate(batches):
                 input_ids, attention_mask = self._left_pad([ids[i] for i in rows])
                 torch.manual_seed(derive_seed(params.seed, "batch", b))

@@ -185,6 +185,7 @@ def smollm2_path(cache_dir: str | Path | None = None) -> Path:
         model, tokenizer = load_model(gguf.parent, gguf_file=gguf.name, device="cpu")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
         try:
             os.rename(tmp, target)
         except OSError:

@@ -102,6 +102,14 @@ def test_prompts_are_rendered_with_the_chat_template(gen):
         render_prompts(no_template, PROMPTS)
 
 
+def test_generation_leaves_the_callers_random_state_alone(gen):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    gen.generate(PROMPTS[:2], SamplingParams(temperature=1.0, max_new_tokens=4, seed=9))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_length_batches_sort_longest_first_and_keep_every_row():
     batches = length_batches([3, 9, 1, 9, 5], 2)
     assert batches == [[1, 3], [4, 0], [2]]
@@ -244,3 +252,63 @@ def test_vllm_serves_an_adapter_folder_given_as_the_model(talky_dir, adapters):
     assert gen.llm.kwargs["model"] == str(talky_dir) and gen.adapters == ["default"]
     gen.generate(PROMPTS[:1], SamplingParams())
     assert gen.llm.calls[-1]["lora"].lora_path == str(adapters["student"])
+
+
+# ---- real model (opt in: pytest -m slow) ---------------------------------------------------
+
+
+def hh_prompts(path, n):
+    import gzip
+
+    from macpo.builder.importers import parse_hh
+
+    rows = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            parsed = parse_hh(json.loads(line))
+            if len(parsed.prompt) == 1 and len(parsed.prompt[0]["content"]) < 200:  # short single-turn prompts
+                rows.append((parsed.prompt, parsed.chosen))
+            if len(rows) == n:
+                return rows
+    return rows
+
+
+@pytest.mark.slow
+def test_smollm2_generates_and_scores_real_hh_prompts(shared_hh):
+    import time
+
+    import numpy as np
+
+    from macpo.builder.models import smollm2_path
+    from macpo.builder.score import encode_row, score
+
+    gen = TransformersGenerator.load(smollm2_path(), batch_size=8, progress=False, device="cpu")
+    rows = hh_prompts(shared_hh, 7)
+    prompts = [p for p, _ in rows] + [[{"role": "user", "content": "What is the capital of France?"}]]
+
+    start = time.perf_counter()
+    greedy = gen.generate(prompts, SamplingParams(temperature=0, max_new_tokens=32))
+    gen_seconds = time.perf_counter() - start
+    new_tokens = sum(len(gen.tokenizer(o[0], add_special_tokens=False)["input_ids"]) for o in greedy)
+    assert "Paris" in greedy[-1][0]
+    assert all(o[0].strip() for o in greedy)
+    sampled = gen.generate(prompts[:2], SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=16, n=2, seed=1))
+    assert sampled == gen.generate(prompts[:2], SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=16, n=2, seed=1))
+
+    start = time.perf_counter()
+    own = score(gen.model, gen.tokenizer, prompts, [o[0] for o in greedy], progress=False)
+    human = score(gen.model, gen.tokenizer, prompts[:-1], [c for _, c in rows], progress=False)
+    score_seconds = time.perf_counter() - start
+    responses = [o[0] for o in greedy] + [c for _, c in rows]
+    encoded = [encode_row(gen.tokenizer, p, [r])[0] for p, r in zip(prompts + prompts[:-1], responses)]
+    scored_tokens = sum(len(p) + len(r) for p, r in encoded)
+    # The model's own greedy text is far more familiar to it than human-written answers.
+    assert np.median(own.ppl[:-1]) < np.median(human.ppl)
+    assert np.isfinite(own.ppl).all() and (own.ppl >= 1).all()
+    print(
+        f"\nSmolLM2 CPU: generate {len(prompts)} prompts, {new_tokens} new tokens in {gen_seconds:.1f} s "
+        f"({new_tokens / gen_seconds:.1f} tok/s, batch 8, greedy); score {len(encoded)} rows, "
+        f"{scored_tokens} tokens in {score_seconds:.2f} s ({scored_tokens / score_seconds:.0f} tok/s)"
+    )
+    for prompt, out in zip(prompts, greedy):
+        print(f"  {prompt[-1]['content'][:60]!r} -> {out[0][:80]!r}")
