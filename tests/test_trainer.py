@@ -69,7 +69,7 @@ def store_dir(tmp_path_factory) -> Path:
 
 def make_cfg(store_dir, model_dir, out, **kw) -> TrainConfig:
     base = dict(data=str(store_dir), dataset="toy", version="v1", subset="default", model=str(model_dir),
-                out=str(out), batch_size=8, max_steps=4, lr=2e-2, lr_scheduler="constant", loss="dpo", threads=2)
+                out=str(out), batch_size=8, max_steps=4, lr=2e-2, lr_scheduler="constant", loss="dpo", threads=1)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -26,13 +26,16 @@ def accelerate_command(cfg) -> list[str]:
         cmd += ["--config_file", cfg.accelerate_config]
     if cfg.num_processes:
         cmd += ["--num_processes", str(cfg.num_processes)]
-    if use_cpu(cfg):
-        cmd += ["--cpu"]
     if not cfg.accelerate_config:
-        # accelerate's defaults need a config file or these; be explicit so no ~/.cache config leaks in.
+        # Explicit, so neither accelerate's warnings nor a stray ~/.cache config decide.
         cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if cfg.num_processes > 1 and not use_cpu(cfg):
+        if cfg.num_processes > 1:
+            # accelerate 1.15 routes `--cpu` to its single-process launcher (several CPU processes
+            # need MPI and --mpirun_hostfile). `--multi_gpu` is the torch.distributed launcher; on a
+            # machine without CUDA each process runs on CPU with the gloo backend.
             cmd += ["--multi_gpu"]
+        elif use_cpu(cfg):
+            cmd += ["--cpu"]
     cmd += ["-m", "macpo.trainer", *to_argv(cfg, skip=("launcher", "num_processes", "accelerate_config"))]
     return cmd
 

@@ -42,7 +42,9 @@ def set_threads(cfg: TrainConfig) -> int:
     import torch
 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    n = cfg.threads or max(1, (os.cpu_count() or 1) // max(local, 1))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    n = cfg.threads or (int(omp) if omp.isdigit() and int(omp) > 0 else 0)
+    n = n or max(1, (os.cpu_count() or 1) // max(local, 1))
     torch.set_num_threads(n)
     return n
 
@@ -70,6 +72,8 @@ def training_args(cfg: TrainConfig, output_dir: str, stored_ref: bool):
         activation_checkpointing=cfg.activation_checkpointing,
         seed=cfg.seed,
         max_length=cfg.max_length,
+        # Every trainable parameter takes part in each forward; the search costs a graph pass per step.
+        ddp_find_unused_parameters=False,
     )
     if cfg.loss == "sft":
         from trl import SFTConfig

@@ -76,7 +76,7 @@ class TrainConfig:
         "auto", "training precision; auto = bf16 on a bf16-capable GPU, fp32 otherwise"
     )
     activation_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    threads: int = _f(0, "torch CPU threads per process (0 = cores / local processes)")
+    threads: int = _f(0, "torch CPU threads per process (0 = $OMP_NUM_THREADS if set, else cores / local processes)")
     launcher: Literal["none", "accelerate"] = _f("none", "'accelerate' re-runs this command under `accelerate launch`")
     num_processes: int = _f(0, "processes for --launcher accelerate (0 = accelerate's default / config)")
     accelerate_config: Optional[str] = _f(None, "accelerate config file for --launcher accelerate (see trainer/accelerate_configs)")
