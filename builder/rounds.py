@@ -31,6 +31,7 @@ from macpo.cliutil import make_parser, parse_kv
 from macpo.config import RunConfig
 from macpo.errors import UserError
 from macpo.layout import RunLayout
+from macpo.schema import conform
 
 SHARD_PROMPTS = 256
 BOOTSTRAP_PARTS = ("teachers", "labels", "final")
@@ -102,7 +103,10 @@ class RoundBuilder:
         generator = None
         tables = []
         for shard in shards:
-            path = work / f"gen-{agent}-{shard:05d}.parquet"
+            part = prompts_table.slice(shard * SHARD_PROMPTS, SHARD_PROMPTS)
+            params = self._sampling(round_, agent, shard, greedy)
+            key = _fingerprint(part.column("prompt_id").to_pylist(), model_path, repr(params))
+            path = work / f"gen-{agent}-{shard:05d}-{key}.parquet"
             if path.is_file():
                 tables.append(pq.read_table(path))
                 continue
@@ -110,8 +114,6 @@ class RoundBuilder:
                 from macpo.builder.generate import TransformersGenerator
 
                 generator = TransformersGenerator.load(model_path, batch_size=self.cfg.sampling.batch_size, progress=self.progress)
-            part = prompts_table.slice(shard * SHARD_PROMPTS, SHARD_PROMPTS)
-            params = self._sampling(round_, agent, shard, greedy)
             prompts = part.column("prompt").to_pylist()
             outputs = generator.generate(prompts, params)
             rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
@@ -132,6 +134,7 @@ class RoundBuilder:
                     **{k: [v] * m for k, v in params.columns().items()},
                 }
             )
+            table = conform(table, "candidates", f"{version} candidates of {agent}")
             _atomic_parquet(table, path)
             tables.append(table)
         return _concat(tables)
@@ -148,7 +151,9 @@ class RoundBuilder:
         out = []
         step = SHARD_PROMPTS * max(1, self.cfg.sampling.n)
         for shard, start in enumerate(range(0, candidates.num_rows, step)):
-            path = work / f"ppl-{scorer}-{shard:05d}-{candidates.num_rows}.parquet"
+            part = candidates.slice(start, step)
+            key = _fingerprint(part.column("candidate_id").to_pylist(), model_path, part.column("response").to_pylist())
+            path = work / f"ppl-{scorer}-{shard:05d}-{key}.parquet"
             if path.is_file():
                 out.append(pq.read_table(path))
                 continue
@@ -156,7 +161,6 @@ class RoundBuilder:
                 from macpo.builder.models import load_model
 
                 model, tokenizer = load_model(model_path)
-            part = candidates.slice(start, step)
             s = score(model, tokenizer, part.column("prompt").to_pylist(), part.column("response").to_pylist(),
                       progress=self.progress, desc=f"score under {scorer}")
             table = pa.table({"candidate_id": part.column("candidate_id"), "scorer": [scorer] * part.num_rows, "ppl": pa.array(s.ppl, pa.float64())})
@@ -331,6 +335,16 @@ def _eq(column, value):
 def _replace(table, name, values):
     idx = table.schema.get_field_index(name)
     return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
+
+
+def _fingerprint(*parts) -> str:
+    """Key of a shard checkpoint: its inputs and the model folder's files (names, sizes, mtimes),
+    so a checkpoint left by a different prompt set or a retrained model is never reused."""
+    from macpo.hashing import json_hash
+
+    model = Path(parts[1])
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model.iterdir() if f.is_file()) if model.is_dir() else str(model)
+    return json_hash([parts[0], str(model), files, *parts[2:]])[7:23]
 
 
 def _atomic_parquet(table, path: Path) -> None:

@@ -65,6 +65,8 @@ def split_offline_data(cfg: RunConfig, store, name: str) -> None:
     dw_idx = [i for i, b in enumerate(buckets) if b >= test_frac + q_frac]
 
     def prompts(idx, split):
+        ids = pairs.column("prompt_id").to_pylist()
+        idx = sorted({ids[i]: i for i in reversed(idx)}.values())  # one row per distinct prompt
         t = pairs.take(idx)
         return pa.table({"prompt_id": t.column("prompt_id"), "prompt": t.column("prompt"), "split": [split] * t.num_rows})
 
