@@ -62,12 +62,10 @@ def _load_store(root: str, subset: str, dataset: str | None, version: str | None
 
 
 def _hub_config_candidates(subset: str, version: str | None, revision: str | None) -> list[str]:
-    """Hub configs are ``round-N-<subset>``; accept the full config name too."""
-    names = [subset]
-    for prefix in (version, revision):
-        if prefix and not subset.startswith(f"{prefix}-"):
-            names.append(f"{prefix}-{subset}")
-    return list(dict.fromkeys(names))
+    """``macpo push`` names configs ``<version>-<subset>`` (``round-2-student``); the full
+    config name given as the subset works too."""
+    names = [f"{prefix}-{subset}" for prefix in (version, revision) if prefix and not subset.startswith(f"{prefix}-")]
+    return list(dict.fromkeys([*names, subset]))
 
 
 def _load_hub(source: str, subset: str, version: str | None):
