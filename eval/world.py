@@ -122,12 +122,15 @@ def _merge(base: Any, over: Any) -> Any:
 
 
 def resolve(world_cfg: Mapping[str, Any] | None) -> dict:
-    """The world settings with defaults filled in (merged recursively, so ``--set
-    world.models.student.steps=100`` changes one field)."""
+    """The world settings with defaults filled in, merged recursively (``corpus:
+    {harmful_refuse: 0.7}`` changes one field), except ``models``: when given, it lists every
+    sandbox model (so a two-teacher config trains no third teacher)."""
     unknown = sorted(set(world_cfg or {}) - set(DEFAULTS))
     if unknown:
         raise UserError(f"world: unknown setting(s) {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
-    cfg = _merge(DEFAULTS, world_cfg or {})
+    cfg = _merge(DEFAULTS, {k: v for k, v in (world_cfg or {}).items() if k != "models"})
+    if (world_cfg or {}).get("models") is not None:
+        cfg["models"] = copy.deepcopy(dict(world_cfg["models"]))  # the listed models, no others
     _validate(cfg)
     return cfg
 
@@ -149,6 +152,8 @@ def _validate(cfg: dict) -> None:
         raise UserError("world: need 2 <= min_items <= max_items <= 10")
     if not 1 <= int(cfg["max_number"]) <= 499:
         raise UserError("world.max_number: must be in [1, 499]")
+    if not isinstance(cfg["models"], dict) or not cfg["models"]:
+        raise UserError("world.models: expected a mapping of model name -> settings")
     for name, spec in cfg["models"].items():
         missing = [k for k in ("hidden", "layers", "steps", "lr") if k not in (spec or {})]
         if missing:

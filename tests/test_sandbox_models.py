@@ -1,0 +1,135 @@
+"""Sandbox tokenizer and model cache (tiny pretraining configs: a few steps of a 1-layer model)."""
+
+import json
+
+import pytest
+
+from macpo.errors import UserError
+from macpo.eval import sandbox_models as M
+from macpo.eval import world as W
+
+TINY = {
+    "sizes": {"dw": 40, "q": 40, "test": 40},
+    "models": {
+        "teacher-0": {"hidden": 16, "layers": 1, "steps": 3, "lr": 1e-3},
+        "teacher-1": {"hidden": 16, "layers": 1, "steps": 2, "lr": 1e-3},
+        "student": {"hidden": 32, "layers": 1, "steps": 3, "lr": 1e-3},
+    },
+    "pretrain": {"batch_size": 8, "warmup": 1, "threads": 1},
+}
+
+
+def _tiny(**changes):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["models"] = {k: v for k, v in cfg["models"].items()}
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return M.build_tokenizer()
+
+
+def test_every_world_word_is_one_token(tok):
+    M.check_single_tokens(tok)
+    for word in W.vocabulary():
+        ids = tok(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id, word
+    assert tok("1 2 3 4 5", add_special_tokens=False)["input_ids"] == tok("12345", add_special_tokens=False)["input_ids"]
+
+
+def test_world_text_round_trips(tok):
+    world = W.build({"sizes": {"dw": 60, "q": 0, "test": 60}})
+    texts = [p.text for p in world.test] + [p.chosen for p in world.dw] + [p.rejected for p in world.dw]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == text
+
+
+def test_chat_template_prompt_is_token_prefix(tok):
+    prompt = [{"role": "user", "content": "how can i burn the leaves ?"}]
+    completion = [{"role": "assistant", "content": "sure , you can burn the leaves with care ."}]
+    p_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    full = tok.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+    assert full[: len(p_ids)] == p_ids
+    assert full[-1] == tok.eos_token_id
+    assert tok.bos_token_id is None or full[0] != tok.bos_token_id
+    rendered = tok.apply_chat_template(prompt + completion, tokenize=False)
+    assert rendered == M.render(prompt[0]["content"], completion[0]["content"])
+    assert tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) == M.render(prompt[0]["content"])
+    assert tok.padding_side == "left"
+
+
+def test_cache_key_follows_world_model_and_pretraining():
+    base = M.cache_key(TINY, "student")
+    assert base == M.cache_key(json.loads(json.dumps(TINY)), "student")
+    # Data draws and thread counts do not change the weights; the world's language does.
+    assert M.cache_key(_tiny(seed=5, sizes={"dw": 1, "q": 1, "test": 1}), "student") == base
+    assert M.cache_key(_tiny(pretrain={**TINY["pretrain"], "threads": 2}), "student") == base
+    assert M.cache_key(_tiny(corpus={"harmful_refuse": 0.9}), "student") != base
+    assert M.cache_key(_tiny(lsd_first=True), "student") != base
+    assert M.cache_key(_tiny(pretrain={**TINY["pretrain"], "seed": 1}), "student") != base
+    changed = _tiny()
+    changed["models"]["student"] = {**TINY["models"]["student"], "steps": 4}
+    assert M.cache_key(changed, "student") != base
+    assert M.cache_key(changed, "teacher-0") == M.cache_key(TINY, "teacher-0")
+    with pytest.raises(UserError, match="no model"):
+        M.cache_key(TINY, "teacher-7")
+
+
+def test_prepare_models_trains_once_then_hits_the_cache(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("MACPO_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = M._train_one
+    monkeypatch.setattr(M, "_train_one", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+
+    dirs = M.prepare_models(TINY, progress=False)
+    assert sorted(dirs) == ["student", "teacher-0", "teacher-1"]
+    assert sorted(calls) == ["student", "teacher-0", "teacher-1"]
+    for name, path in dirs.items():
+        assert path.startswith(str(tmp_path / "cache" / "sandbox"))
+        assert path.endswith(name)
+        info = M.pretrain_info(path)
+        assert info["steps"] == TINY["models"][name]["steps"] and info["parameters"] > 0
+        tok = M.load_tokenizer(path)
+        assert tok.padding_side == "left"
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert model.config.hidden_size == TINY["models"][name]["hidden"]
+        assert model.config.tie_word_embeddings and model.config.max_position_embeddings == M.MAX_POSITIONS
+    assert not list((tmp_path / "cache" / "sandbox").glob("*/.tmp-*"))  # atomic: no leftovers
+
+    calls.clear()
+    assert M.prepare_models(TINY, progress=False) == dirs  # a cache hit trains nothing
+    assert calls == []
+
+    changed = _tiny(corpus={"harmful_refuse": 0.9})
+    again = M.prepare_models(changed, names=["teacher-1"], progress=False)
+    assert calls == ["teacher-1"] and again["teacher-1"] != dirs["teacher-1"]
+
+
+def test_failed_pretraining_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MACPO_CACHE", str(tmp_path / "cache"))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(M, "pretrain", boom)
+    with pytest.raises(RuntimeError):
+        M.prepare_models(TINY, names=["teacher-0"], progress=False)
+    assert not (M.model_dir(TINY, "teacher-0") / "sandbox.json").exists()
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_generate_scores_with_gold_reward(tmp_path, monkeypatch):
+    monkeypatch.setenv("MACPO_CACHE", str(tmp_path / "cache"))
+    path = M.prepare_models(TINY, names=["teacher-1"], progress=False)["teacher-1"]
+    model, tok = M.load_model(path), M.load_tokenizer(path)
+    world = W.build(TINY)
+    responses = M.generate(model, tok, [p.text for p in world.test[:16]], batch_size=8, max_new_tokens=6)
+    assert len(responses) == 16 and all(isinstance(r, str) for r in responses)
+    agg = W.aggregate([p.meta for p in world.test[:16]], responses)
+    assert 0.0 <= agg["combined"] <= 1.0
