@@ -74,7 +74,7 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
 
     steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"), config_sections=("world", "seed", "student", "teachers", "K", "name"))]
 
-    def train(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None, deps: list[str], loss=None):
+    def job(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None, loss=None):
         stage = cfg.train[stage_name]
         out = layout.model_dir(agent, round_)
         # Full fine-tuning continues from the previous model folder; LoRA from the base + previous adapter.
@@ -84,10 +84,16 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
             start, lora_from = layout.base_model(agent), Path(start_from)
         else:
             start, lora_from = start_from, None
-        seed = cfg.seed * 1000 + round_
-        steps.append(Step(f"train {agent} round-{round_}", _train_argv(layout, stage, agent=agent, version=version, subset=subset,
-                                                                        start=start, lora_from=lora_from, out=out, seed=seed, loss=loss),
-                          model(agent, round_), deps=deps, clears=[out], config_sections=(f"train.{stage_name}",)))
+        argv = _train_argv(layout, stage, agent=agent, version=version, subset=subset, start=start, lora_from=lora_from,
+                           out=out, seed=cfg.seed * 1000 + round_, loss=loss)
+        return {"argv": argv[len(CLI) + 1:], "out": out, "section": f"train.{stage_name}"}
+
+    def train(label: str, jobs: list[dict], deps: list[str]):
+        """One trainer process for a group of jobs (run in order)."""
+        outs = [j["out"] for j in jobs]
+        argv = [sys.executable, "-m", "macpo.trainbatch", json.dumps([j["argv"] for j in jobs])]
+        steps.append(Step(label, argv, lambda: all((o / "metrics.json").is_file() for o in outs), deps=deps, clears=outs,
+                          config_sections=tuple(sorted({j["section"] for j in jobs}))))
         return steps[-1].name
 
     def build(round_: int, part: str | None, version: str, deps: list[str]):
@@ -104,36 +110,32 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
     md = lambda a, r: str(layout.model_dir(a, r))  # noqa: E731
     if cfg.method in {"macpo", "naive-w2s"}:
         b0 = build(0, "teachers", "round-0-teachers", ["prepare"])
-        t_pos = [train(t, 0, "teacher_sft", "round-0-teachers", "teacher-sft", None, [b0]) for t in teachers]
-        t_neg = []
+        jobs = [job(t, 0, "teacher_sft", "round-0-teachers", "teacher-sft", None) for t in teachers]
+        # Negative teachers: every teacher for MACPO; the naive baseline only needs the weak-label teacher's.
+        neg_for = teachers if cfg.method == "macpo" else [teachers[cfg.weak_label_teacher]]
+        jobs += [job(f"{t}-neg", 0, "teacher_neg_sft", "round-0-teachers", "teacher-neg-sft", md(t, 0)) for t in neg_for]
+        t0 = train("train teachers round-0", jobs, [b0])
+        b1 = build(0, "labels", "round-0-labels", [t0])
+        jobs = [job("student", 0, "student_sft", "round-0-labels", "weak-labels", None)]
         if cfg.method == "macpo":
-            t_neg = [train(f"{t}-neg", 0, "teacher_neg_sft", "round-0-teachers", "teacher-neg-sft", md(t, 0), [p]) for t, p in zip(teachers, t_pos)]
-        else:
-            w = teachers[cfg.weak_label_teacher]
-            t_neg = [train(f"{w}-neg", 0, "teacher_neg_sft", "round-0-teachers", "teacher-neg-sft", md(w, 0), t_pos)]
-        b1 = build(0, "labels", "round-0-labels", t_pos + t_neg)
-        s_pos = train("student", 0, "student_sft", "round-0-labels", "weak-labels", None, [b1])
-        last = [s_pos]
-        if cfg.method == "macpo":
-            s_neg = train("student-neg", 0, "student_neg_sft", "round-0-labels", "weak-negatives", md("student", 0), [s_pos])
-            last = [build(0, "final", "round-0", [s_neg])]
-        else:
-            last = [build(0, "final", "round-0", [s_pos])]
-        e = evaluate(0, last + t_pos)
+            jobs.append(job("student-neg", 0, "student_neg_sft", "round-0-labels", "weak-negatives", md("student", 0)))
+        s0 = train("train student round-0", jobs, [b1])
+        last = [build(0, "final", "round-0", [s0])]
+        e = evaluate(0, last + [t0])
         rounds = cfg.T if cfg.method == "macpo" else 0
         for t in range(1, rounds + 1):
             b = build(t, None, f"round-{t}", last + [e])
             learners = ["student"] + (teachers if cfg.update_teachers else [])
-            last = [train(a, t, "dpo", f"round-{t}", a, md(a, t - 1), [b]) for a in learners]
+            last = [train(f"train agents round-{t}", [job(a, t, "dpo", f"round-{t}", a, md(a, t - 1)) for a in learners], [b])]
             e = evaluate(t, last)
     else:  # spac / spin / dpo over the offline pairs
         b0 = build(0, "teachers", "round-0-teachers", ["prepare"])
-        s0 = train("student", 0, "student_sft", "round-0-teachers", "student-sft", None, [b0])
+        s0 = train("train student round-0", [job("student", 0, "student_sft", "round-0-teachers", "student-sft", None)], [b0])
         last = [build(0, "final", "round-0", [s0])]
         e = evaluate(0, last)
         for t in range(1, cfg.T + 1):
             b = build(t, None, f"round-{t}", last + [e])
-            last = [train("student", t, "dpo", f"round-{t}", "student", md("student", t - 1), [b], loss=cfg.method)]
+            last = [train(f"train student round-{t}", [job("student", t, "dpo", f"round-{t}", "student", md("student", t - 1), loss=cfg.method)], [b])]
             e = evaluate(t, last)
     steps.append(Step("report", [*CLI, "eval", *conf, "--report"], lambda: (layout.out / "report.md").is_file(), deps=[e], config_sections=("eval",)))
     return steps

@@ -1,5 +1,6 @@
 """The run plan is pure: check its shape for each method and ablation without running it."""
 
+import json
 from pathlib import Path
 
 from macpo import config as config_mod
@@ -12,33 +13,39 @@ def _cfg(tmp_path, **over):
     return config_mod.from_dict(base)
 
 
-def names(cfg):
-    return [s.name for s in plan(cfg, Path("run.yaml"))]
+def jobs(cfg):
+    """step name -> the agents its trainer process trains (in order), or None for other steps."""
+    out = {}
+    for s in plan(cfg, Path("run.yaml")):
+        if "macpo.trainbatch" in s.argv:
+            out[s.name] = [Path(a[a.index("--out") + 1]).name for a in json.loads(s.argv[-1])]
+        else:
+            out[s.name] = None
+    return out
 
 
 def test_macpo_plan_order(tmp_path):
-    n = names(_cfg(tmp_path))
+    j = jobs(_cfg(tmp_path))
+    n = list(j)
     assert n[0] == "prepare" and n[-1] == "report"
-    # bootstrap: teachers, their negatives, labels, student + negative, hard negatives, eval
-    for step in ["build round-0-teachers", "train teacher-0 round-0", "train teacher-1-neg round-0", "build round-0-labels",
-                 "train student round-0", "train student-neg round-0", "build round-0", "eval round-0"]:
-        assert step in n
-    assert n.index("train teacher-1-neg round-0") < n.index("build round-0-labels") < n.index("train student round-0")
-    assert n.index("build round-1") < n.index("train student round-1") < n.index("eval round-1") < n.index("build round-2")
-    assert "train teacher-0 round-2" in n and "teacher-2" not in " ".join(n)  # K=2 uses the first two
+    assert j["train teachers round-0"] == ["teacher-0", "teacher-1", "teacher-0-neg", "teacher-1-neg"]
+    assert j["train student round-0"] == ["student", "student-neg"]
+    assert j["train agents round-1"] == ["student", "teacher-0", "teacher-1"]  # K=2 uses the first two
+    order = ["build round-0-teachers", "train teachers round-0", "build round-0-labels", "train student round-0",
+             "build round-0", "eval round-0", "build round-1", "train agents round-1", "eval round-1", "build round-2"]
+    assert [n.index(x) for x in order] == sorted(n.index(x) for x in order)
 
 
 def test_ablation_without_teacher_updates(tmp_path):
-    n = names(_cfg(tmp_path, update_teachers=False))
-    assert "train teacher-0 round-1" not in n and "train student round-1" in n
+    assert jobs(_cfg(tmp_path, update_teachers=False))["train agents round-1"] == ["student"]
 
 
 def test_naive_and_self_play_plans(tmp_path):
-    naive = names(_cfg(tmp_path, method="naive-w2s"))
-    assert "build round-1" not in naive and "train student-neg round-0" not in naive and "eval round-0" in naive
-    spac = names(_cfg(tmp_path, method="spac", T=3))
-    assert "train teacher-0 round-0" not in spac
-    assert [s for s in spac if s.startswith("train")] == [f"train student round-{t}" for t in range(4)]
+    naive = jobs(_cfg(tmp_path, method="naive-w2s"))
+    assert "build round-1" not in naive and naive["train student round-0"] == ["student"]
+    assert naive["train teachers round-0"] == ["teacher-0", "teacher-1", "teacher-0-neg"]
+    spac = jobs(_cfg(tmp_path, method="spac", T=3))
+    assert [k for k, v in spac.items() if v] == [f"train student round-{t}" for t in range(4)]
 
 
 def test_step_keys_chain_through_dependencies(tmp_path):
@@ -46,7 +53,7 @@ def test_step_keys_chain_through_dependencies(tmp_path):
     b = _cfg(tmp_path, train={"dpo": {"lr": 5e-4}})
     ka, kb = step_keys(a, plan(a, Path("r.yaml"))), step_keys(b, plan(b, Path("r.yaml")))
     assert ka["build round-0"] == kb["build round-0"]  # bootstrap does not read the DPO settings
-    assert ka["train student round-1"] != kb["train student round-1"]
+    assert ka["train agents round-1"] != kb["train agents round-1"]
     assert ka["build round-2"] != kb["build round-2"]  # downstream of a changed training step
     c = _cfg(tmp_path, sampling={"temperature": 0.9})
     kc = step_keys(c, plan(c, Path("r.yaml")))
