@@ -15,9 +15,10 @@ collator's truncation), so summed log-probs stored as ``ref_chosen_logps`` /
 
 Speed (research/perf-baselines.md §2): padding is pure loss on CPU, and an attention mask
 pushes SDPA off its fast causal path. Rows are sorted by length and cut into batches of at
-most ``batch_tokens`` padded tokens; padding goes on the right and no attention mask is
-passed, which is exact for a causal LM because real tokens never attend to later positions.
-Only the response positions go through the LM head and log-softmax.
+most ``batch_tokens`` tokens with at most 5% padding (:func:`token_batches`); padding goes on
+the right and no attention mask is passed, which is exact for a causal LM because real tokens
+never attend to later positions. Only response positions go through the LM head and
+log-softmax. Batching depends only on the row lengths, so scores are reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -225,7 +226,9 @@ class _Forward:
         self.model = model
         self.device = next(model.parameters()).device
         config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-        self.pad = config.pad_token_id if config.pad_token_id is not None else 0
+        pad = config.pad_token_id
+        # Any in-vocabulary id will do: padded positions come after every real token.
+        self.pad = pad if pad is not None and 0 <= pad < lm.get_input_embeddings().num_embeddings else 0
         fused = all(getattr(config, name, None) is None for name in _LOGIT_TRANSFORMS)
         self.backbone = getattr(lm, lm.base_model_prefix, None) if fused else None
         self.head = lm.get_output_embeddings() if self.backbone is not None else None
