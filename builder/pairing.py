@@ -73,6 +73,9 @@ def teacher_order(candidates: pa.Table, student: str = STUDENT) -> list[str]:
 
 def familiarity_entries(candidates: pa.Table) -> pa.Table:
     """The ``familiarity`` lists flattened: one ``(row, scorer, ppl)`` row per score."""
+    if "familiarity" not in candidates.column_names:
+        return pa.table({"row": pa.array([], pa.int64()), "scorer": pa.array([], pa.string()),
+                         "ppl": pa.array([], pa.float64())})
     fam = candidates.column("familiarity").combine_chunks()
     flat = pc.list_flatten(fam)
     return pa.table(
@@ -97,8 +100,9 @@ def ppl_under(candidates: pa.Table, scorer: str) -> pa.Array:
 def attach_familiarity(candidates: pa.Table, scores: pa.Table) -> pa.Table:
     """Candidates with ``scores`` (``candidate_id, scorer, ppl`` rows) added to ``familiarity``.
 
-    Entries already in ``familiarity`` are kept; each list ends up sorted by scorer. A score
-    for an unknown candidate, or two scores of one candidate by the same scorer, is an error.
+    Entries already in ``familiarity`` are kept (the column is appended if missing); each list
+    ends up sorted by scorer. A score for an unknown candidate, or two scores of one candidate
+    by the same scorer, is an error.
     """
     ids = candidates.column("candidate_id").combine_chunks()
     if pc.count_distinct(ids).as_py() != len(ids):
@@ -119,6 +123,8 @@ def attach_familiarity(candidates: pa.Table, scores: pa.Table) -> pa.Table:
         [entries.column("scorer").combine_chunks(), entries.column("ppl").combine_chunks()], fields=list(SCORE)
     )
     column = pa.ListArray.from_arrays(offsets, values, type=pa.list_(SCORE))
+    if "familiarity" not in candidates.column_names:
+        return candidates.append_column("familiarity", column)
     return candidates.set_column(candidates.schema.get_field_index("familiarity"), "familiarity", column)
 
 

@@ -254,6 +254,8 @@ def test_attach_familiarity_merges_scores_into_sorted_lists():
     assert ppl_under(out, "student").to_pylist() == [1.5, 2.5, 3.5]
     with pytest.raises(UserError, match="same scorer"):
         attach_familiarity(out, scores.slice(0, 1))
+    bare = attach_familiarity(cands.drop_columns(["familiarity"]), scores)  # freshly generated candidates
+    assert ppl_under(bare, "student").to_pylist() == [1.5, 2.5, 3.5] and ppl_under(bare, "teacher-0").null_count == 3
     with pytest.raises(UserError, match="1 unknown candidate"):
         attach_familiarity(cands, pa.table({"candidate_id": ["nope"], "scorer": ["student"], "ppl": [1.0]}))
 
