@@ -85,11 +85,12 @@ DEFAULTS: dict[str, Any] = {
     "task_weights": {t: 1.0 for t in TASKS},
     # Task mix of the pretraining corpus (not of the prompt sets): requests are learnt in a few
     # hundred steps, arithmetic needs most of the budget.
-    "corpus_weights": {t: 1.0 for t in TASKS},
-    "max_number": 49,
+    "corpus_weights": {"add": 2.0, "sub": 2.5, "reverse": 1.5, "sort": 2.0,
+                       "kind": 0.25, "dual_benign": 0.25, "harmful": 0.25, "dual_harmful": 0.25},
+    "max_number": 49,  # add: a, b in [0, max_number]; sub: 0 <= b <= a <= 2 * max_number + 1
     # Write numbers least-significant digit first (prompts and answers): carries then flow in
-    # generation order, which small models learn much sooner.
-    "lsd_first": False,  # add: a, b in [0, max_number]; sub: 0 <= b <= a <= 2 * max_number + 1
+    # generation order, which small models learn much sooner (1.5k steps: add 0.79 vs 0.55).
+    "lsd_first": True,
     "min_items": 3,  # reverse / sort lengths
     "max_items": 5,
     # Pretraining corpus: how often each behaviour appears (the rest is "wrong in format").
@@ -104,7 +105,7 @@ DEFAULTS: dict[str, Any] = {
         "teacher-0": {"hidden": 64, "layers": 2, "steps": 300, "lr": 2e-3},
         "teacher-1": {"hidden": 48, "layers": 2, "steps": 300, "lr": 2e-3},
         "teacher-2": {"hidden": 96, "layers": 2, "steps": 300, "lr": 2e-3},
-        "student": {"hidden": 128, "layers": 4, "steps": 1200, "lr": 3e-3},
+        "student": {"hidden": 128, "layers": 4, "steps": 1500, "lr": 3e-3},
     },
     "pretrain": {"batch_size": 64, "warmup": 50, "weight_decay": 0.01, "seed": 0, "threads": 0},
 }

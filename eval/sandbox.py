@@ -1,0 +1,182 @@
+"""The gold-reward sandbox in one import, plus a weak-to-strong gap check.
+
+The world (prompts, gold answers, gold reward, D_w / Q / test) lives in
+:mod:`macpo.eval.world`; the tokenizer, tiny models, pretraining and cache in
+:mod:`macpo.eval.sandbox_models`. This module re-exports their public API and measures
+whether a world configuration has a weak-to-strong gap worth studying::
+
+    python -m macpo.eval.sandbox [--config eval/configs/demo.yaml] [--set world.seed=1]
+
+It pretrains (or loads) the sandbox models, then prints, per model, the pretraining time and the
+greedy gold reward on the test prompts, and for a quick TRL SFT: teachers on D_w (human chosen),
+the student on teacher-0's weak labels (naive weak-to-strong, early-stopped and long) and on
+gold labels (the ceiling), with the performance gap recovered (PGR).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from macpo.eval.sandbox_models import (  # noqa: F401  (re-exported API)
+    build_tokenizer,
+    cache_root,
+    generate,
+    load_model,
+    load_tokenizer,
+    model_dir,
+    prepare_models,
+    pretrain_info,
+)
+from macpo.eval.world import (  # noqa: F401  (re-exported API)
+    REFUSAL,
+    aggregate,
+    build,
+    gold_reward,
+    gold_response,
+    is_refusal,
+    write_world,
+)
+
+
+def sft(model_path: str, examples: list[tuple[str, str]], out_dir: str, *, lr: float, batch_size: int,
+        epochs: float = 1.0, max_steps: int = -1, seed: int = 0):
+    """TRL SFT (completion-only loss) of a sandbox model on (prompt, response) pairs; returns the model."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": r}]}
+         for p, r in examples]
+    )
+    args = SFTConfig(
+        output_dir=out_dir, per_device_train_batch_size=batch_size, learning_rate=lr, num_train_epochs=epochs,
+        max_steps=max_steps, lr_scheduler_type="linear", logging_steps=10_000, save_strategy="no",
+        report_to="none", disable_tqdm=True, bf16=False, use_cpu=True, activation_checkpointing=False,
+        seed=seed, max_length=64,
+    )
+    trainer = SFTTrainer(model=load_model(model_path), args=args, train_dataset=data,
+                         processing_class=load_tokenizer(model_path))
+    trainer.train()
+    return trainer.model.eval()
+
+
+def _train(stage: Any) -> dict:
+    return {"lr": stage.lr, "batch_size": stage.batch_size, "epochs": stage.epochs, "max_steps": stage.max_steps}
+
+
+def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
+            teachers: list[str] | None = None, progress: bool = True) -> dict:
+    """Pretraining times, pretrained and SFT'd gold rewards, and the naive W2S PGR (see module doc)."""
+    import tempfile
+
+    import torch
+
+    from macpo.config import _default_train
+    from macpo.eval import sandbox_models as M
+    from macpo.eval import world as W
+
+    stages = dict(_default_train())
+    stages.update(train or {})
+    cfg = W.resolve(world_cfg)
+    names = list(cfg["models"])
+    teachers = teachers or [n for n in names if n.startswith("teacher-")]
+    start = time.perf_counter()
+    dirs = M.prepare_models(cfg, names=teachers + ["student"], progress=progress)
+    prep_seconds = time.perf_counter() - start
+    torch.set_num_threads(M._threads(cfg["pretrain"]))
+    world = W.build(cfg)
+    test_prompts, test_metas = [p.text for p in world.test], [p.meta for p in world.test]
+    results: dict[str, dict] = {}
+
+    def score(label: str, model, tok) -> dict:
+        t = time.perf_counter()
+        agg = W.aggregate(test_metas, M.generate(model, tok, test_prompts))
+        agg["eval_seconds"] = round(time.perf_counter() - t, 2)
+        results[label] = agg
+        if progress:
+            print(f"  {label:<28} helpful {agg['helpful']:.3f}  harmless {agg['harmless']:.3f}  "
+                  f"combined {agg['combined']:.3f}", flush=True)
+        return agg
+
+    for name, path in dirs.items():
+        score(f"{name} pretrained", M.load_model(path), M.load_tokenizer(path))
+
+    tok = M.load_tokenizer(dirs["student"])
+    dw = [(p.prompt.text, p.chosen) for p in world.dw]
+    with tempfile.TemporaryDirectory() as tmp:
+        s = stages["teacher_sft"]
+        sft_models = {}
+        timings = {}
+        for name in teachers:
+            t = time.perf_counter()
+            sft_models[name] = sft(dirs[name], dw, f"{tmp}/{name}", lr=s.lr, batch_size=s.batch_size,
+                                   epochs=s.epochs, max_steps=s.max_steps)
+            timings[f"{name} sft"] = round(time.perf_counter() - t, 2)
+            score(f"{name} SFT on D_w", sft_models[name], tok)
+        labeller = teachers[0]
+        q_prompts = [p.text for p in world.q]
+        weak = M.generate(sft_models[labeller], tok, q_prompts)
+        results["weak labels (on Q)"] = W.aggregate([p.meta for p in world.q], weak)
+        gold = [W.gold_response(p.meta) for p in world.q]
+        s = stages["student_sft"]
+        budgets = {"early": dict(epochs=1.0, max_steps=s.max_steps if s.max_steps > 0 else -1, lr=s.lr),
+                   "3 epochs": dict(epochs=3.0, max_steps=-1, lr=s.lr)}
+        for budget, kw in budgets.items():
+            for label, targets in (("naive W2S", weak), ("ceiling (gold)", gold)):
+                t = time.perf_counter()
+                model = sft(dirs["student"], list(zip(q_prompts, targets)), f"{tmp}/student-{budget}-{label[:5]}",
+                            batch_size=s.batch_size, **kw)
+                timings[f"student {label} {budget}"] = round(time.perf_counter() - t, 2)
+                score(f"student {label}, {budget}", model, tok)
+
+    weak_c = results[f"{labeller} SFT on D_w"]["combined"]
+    pgr = {}
+    for budget in budgets:
+        naive, ceil = results[f"student naive W2S, {budget}"]["combined"], results[f"student ceiling (gold), {budget}"]["combined"]
+        pgr[budget] = (naive - weak_c) / (ceil - weak_c) if abs(ceil - weak_c) > 1e-9 else None
+    pretrain = {n: M.pretrain_info(p) for n, p in dirs.items()}
+    return {"prepare_seconds": round(prep_seconds, 1), "pretrain": {n: {k: i[k] for k in ("seconds", "steps", "parameters", "threads", "final_loss")} for n, i in pretrain.items()},
+            "results": results, "pgr": pgr, "timings": timings, "stages": {k: _train(v) for k, v in stages.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from macpo import config as config_mod
+    from macpo.cliutil import make_parser, parse_kv
+
+    p = make_parser("sandbox", "Measure the sandbox: pretraining times, gold rewards, naive W2S gap (PGR).")
+    p.add_argument("--config", help="run config YAML (its `world` and `train` sections); default: the demo config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--json", help="also write the measurements to this JSON file")
+    args = p.parse_args(argv)
+    if args.config is None:
+        from importlib import resources
+
+        args.config = str(resources.files("macpo.eval") / "configs" / "demo.yaml")
+    cfg = config_mod.load(args.config, parse_kv(args.set))
+    teachers = [t.model.split(":", 1)[1] for t in cfg.teachers[: cfg.K] if t.model.startswith("sandbox:")]
+    out = measure(cfg.world, cfg.train, teachers=teachers or None)
+    print(f"prepare_models: {out['prepare_seconds']} s wall")
+    for name, info in out["pretrain"].items():
+        print(f"  {name:<10} {info['parameters']:>9,} params  {info['steps']:>5} steps  {info['seconds']:>7.1f} s "
+              f"({info['threads']} threads)  final loss {info['final_loss']:.3f}")
+    print("PGR (naive W2S vs ceiling, combined): " + ", ".join(
+        f"{k}: {v:.2f}" if v is not None else f"{k}: n/a" for k, v in out["pgr"].items()))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from macpo.errors import UserError
+
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except UserError as exc:
+        sys.stderr.write(f"sandbox: error: {exc}\n")
+        raise SystemExit(2)
