@@ -33,7 +33,6 @@ from macpo.errors import UserError
 from macpo.layout import RunLayout
 from macpo.schema import conform
 
-SHARD_PROMPTS = 256
 BOOTSTRAP_PARTS = ("teachers", "labels", "final")
 
 
@@ -99,11 +98,11 @@ class RoundBuilder:
 
         work = self.store.work_dir(self.layout.rounds_dataset, version)
         n = prompts_table.num_rows
-        shards = range((n + SHARD_PROMPTS - 1) // SHARD_PROMPTS)
+        shards = range((n + self.cfg.shard_size - 1) // self.cfg.shard_size)
         generator = None
         tables = []
         for shard in shards:
-            part = prompts_table.slice(shard * SHARD_PROMPTS, SHARD_PROMPTS)
+            part = prompts_table.slice(shard * self.cfg.shard_size, self.cfg.shard_size)
             params = self._sampling(round_, agent, shard, greedy)
             key = _fingerprint(part.column("prompt_id").to_pylist(), model_path, repr(params))
             path = work / f"gen-{agent}-{shard:05d}-{key}.parquet"
@@ -149,7 +148,7 @@ class RoundBuilder:
         work = self.store.work_dir(self.layout.rounds_dataset, version)
         model = tokenizer = None
         out = []
-        step = SHARD_PROMPTS * max(1, self.cfg.sampling.n)
+        step = self.cfg.shard_size * max(1, self.cfg.sampling.n)
         for shard, start in enumerate(range(0, candidates.num_rows, step)):
             part = candidates.slice(start, step)
             key = _fingerprint(part.column("candidate_id").to_pylist(), model_path, part.column("response").to_pylist())
