@@ -240,6 +240,18 @@ def test_reference_base_vs_previous(lora_r, store_dir, tiny_model_dir, trained_a
         assert previous["model"]["saved"] == "full"
 
 
+def test_sft_continues_an_adapter(store_dir, tiny_model_dir, trained_adapter, tmp_path):
+    """The negative model's recipe: SFT continuing the positive model's adapter."""
+    out = tmp_path / "neg"
+    metrics = run_training(make_cfg(store_dir, tiny_model_dir, out, loss="sft", subset="sft", adapter=str(trained_adapter),
+                                    lora_r=4, max_steps=2))
+    assert metrics["model"]["lora"]["continued"] and metrics["model"]["lora"]["r"] == 8 and metrics["reference"] == "none"
+    before, after = _tensors(trained_adapter / "adapter_model.safetensors"), _tensors(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys()  # the same adapter (its r=8 config wins over --lora-r)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+
+
 def test_merge_saves_full_model_and_adapter(store_dir, tiny_model_dir, trained_adapter, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -20,7 +20,7 @@ from typing import Any
 
 from macpo.errors import UserError
 from macpo.trainer.data import Prepared, load_source, to_trl_dataset
-from macpo.trainer.modeling import Policy, check_model_path, load_policy, load_tokenizer, resolve_precision, use_cpu
+from macpo.trainer.modeling import Policy, adapter_info, check_model_path, load_policy, load_tokenizer, resolve_precision, use_cpu
 from macpo.trainer.train_config import TrainConfig, validate
 
 TRAINER_SCRATCH = "_trainer"
@@ -240,8 +240,7 @@ def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
             "gguf_file": cfg.gguf_file,
             "adapter_in": cfg.adapter,
             "saved": saved,
-            "lora": None if cfg.lora_r == 0 and not cfg.adapter else {
-                "r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets, "continued": bool(cfg.adapter)},
+            "lora": _lora_summary(cfg),
         },
         "reference": session.policy.reference,
         "hyperparameters": {
@@ -257,6 +256,17 @@ def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
         "versions": {"macpo": __version__, "trl": trl.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__},
     }
+
+
+def _lora_summary(cfg: TrainConfig) -> dict | None:
+    if cfg.lora_r == 0:
+        return None  # full fine-tuning (a given --adapter was merged into the weights first)
+    if cfg.adapter:  # a continued adapter keeps its own configuration
+        info = adapter_info(cfg.adapter)
+        targets = info.get("target_modules")
+        return {"r": info.get("r"), "alpha": info.get("lora_alpha"),
+                "targets": sorted(targets) if isinstance(targets, list) else targets, "continued": True}
+    return {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets, "continued": False}
 
 
 def _write_json(path: Path, obj: Any) -> None:
