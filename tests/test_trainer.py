@@ -168,7 +168,7 @@ def _manual_logps(model, prompt_ids: list[int], completion_ids: list[int]) -> fl
     return logprobs[start:].gather(1, targets[start:, None]).sum().item()
 
 
-@pytest.mark.parametrize("loss", ["dpo-nll", "spac"])
+@pytest.mark.parametrize("loss", ["dpo-nll", "spac", "spin"])
 def test_stored_ref_logps_equal_on_the_fly(loss, store_dir, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -183,6 +183,8 @@ def test_stored_ref_logps_equal_on_the_fly(loss, store_dir, tiny_model_dir, tmp_
     cols = {"ref_chosen_logps": "chosen_ids", "ref_rejected_logps": "rejected_ids"}
     if loss == "spac":
         cols["ref_self_logps"] = "self_ids"
+    if loss == "spin":  # TRL's "rejected" is y' here, so its reference is the stored ref_self_logps
+        cols = {"ref_chosen_logps": "chosen_ids", "ref_self_logps": "rejected_ids"}
     stored = {c: [_manual_logps(reference, ds[i]["prompt_ids"], ds[i][ids]) for i in range(8)] for c, ids in cols.items()}
     store = Store(store_dir)
     store.write("toy", f"ref-{loss}", {"default": Subset("pairs", pairs_table(pairs_rows(**stored)))})

@@ -64,6 +64,7 @@ class SPACCollator(DataCollatorForPreference):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = super().torch_call(examples)
+        # Reuse TRL's truncation and padding for y': pass it as both sides, keep the first half.
         own = super().torch_call(
             [{"prompt_ids": e["prompt_ids"], "chosen_ids": e["self_ids"], "rejected_ids": e["self_ids"]} for e in examples]
         )
