@@ -30,17 +30,17 @@ def _f(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     # ---- data -------------------------------------------------------------------------
-    data: str = _f(None, "store directory, or Hub dataset ORG/NAME[@REVISION] (the revision is pinned and recorded)")
-    subset: str = _f(None, "subset (config) to train on, e.g. 'default', 'student', 'round-2-student'")
+    data: str = _f(None, "required: store directory, or Hub dataset ORG/NAME[@REVISION] (the revision is pinned and recorded)")
+    subset: str = _f(None, "required: subset (config) to train on, e.g. 'default', 'student', 'round-2-student'")
     dataset: Optional[str] = _f(None, "dataset name inside the store (optional when the store holds one dataset)")
     version: Optional[str] = _f(None, "dataset version (store: latest if omitted; Hub: names the round, e.g. round-2)")
     max_samples: Optional[int] = _f(None, "train on the first N rows only")
     # ---- model ------------------------------------------------------------------------
-    model: str = _f(None, "base model: local folder or Hub id")
+    model: str = _f(None, "required: base model, a local folder or Hub id")
     model_revision: Optional[str] = _f(None, "Hub revision of --model")
     gguf_file: Optional[str] = _f(None, "GGUF file inside --model, dequantised by transformers (gguf_file=)")
     adapter: Optional[str] = _f(None, "LoRA adapter folder to continue training (the previous round's output)")
-    out: str = _f(None, "output folder: adapter or model, tokenizer, metrics.json, README.md")
+    out: str = _f(None, "required: output folder (adapter or model, tokenizer, metrics.json, README.md); written atomically")
     overwrite: bool = _f(False, "replace --out if it already exists (otherwise refuse)")
     merge: bool = _f(False, "save base + adapter merged into a full model instead of the adapter")
     # ---- objective --------------------------------------------------------------------
