@@ -1,0 +1,198 @@
+"""Shared plumbing of the benchmark scripts: one thread, interleaved repetitions, results rows.
+
+Every figure is a ratio of two timings taken on the same machine in the same process, run
+alternately (A B A B …) so that load from other jobs hits both sides alike; the figure is
+the ratio of the medians. Each script prints ``name: ratio=… (ours …, baseline …)`` and
+appends one JSON row to ``benchmarks/results.jsonl`` (``MACPO_BENCH_RESULTS`` overrides the
+path; ``--smoke`` writes nowhere unless that variable is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# One thread for every library, set before torch/numpy/pyarrow/duckdb start their pools.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results.jsonl"
+
+sys.path.insert(0, str(REPO / "tests"))  # tests/tiny.py: the tiny fixture model
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny models and small sizes only (run_all --quick)")
+    p.add_argument("--smoke", action="store_true", help="one tiny iteration, for CI: checks the script runs, times nothing")
+    p.add_argument("--reps", type=int, default=None, help="repetitions of each side (default 3; 1 with --smoke)")
+    return p
+
+
+def reps(args) -> int:
+    return args.reps or (1 if args.smoke else 3)
+
+
+def single_thread() -> None:
+    """torch, pyarrow (and through the env vars above, OpenMP/MKL) on one thread."""
+    import pyarrow as pa
+
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+
+
+def interleave(sides: dict[str, Callable[[], Any]], reps: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Run each side ``reps`` times, alternating; return wall seconds per run.
+
+    A side may return a number, which is then taken as its own measured seconds (for
+    sides that time only part of what they run, e.g. steps after a warm-up).
+    """
+    if warmup:
+        for fn in sides.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(reps):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            value = fn()
+            elapsed = time.perf_counter() - start
+            times[name].append(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else elapsed)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def git_sha() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "macpo", "builder", "trainer", "benchmarks"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine() -> dict:
+    info: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    try:
+        info["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value:.3g} s"
+    if unit == "MB":
+        return f"{value:.0f} MB"
+    if abs(value) >= 1000:
+        return f"{value:,.0f} {unit}"
+    return f"{value:.4g} {unit}"
+
+
+def report(
+    name: str,
+    *,
+    ratio: float | None,
+    ours: float | None,
+    baseline: float | None,
+    unit: str,
+    args,
+    target: str | None = None,
+    met: bool | None = None,
+    runs: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Print the figure's line and append its JSON row (see module docstring)."""
+    ratio_s = "n/a" if ratio is None else f"{ratio:.3g}"
+    parts = []
+    if ours is not None:
+        parts.append(f"ours {_fmt(ours, unit)}")
+    if baseline is not None:
+        parts.append(f"baseline {_fmt(baseline, unit)}")
+    line = f"{name}: ratio={ratio_s} ({', '.join(parts)})"
+    if target:
+        line += f" target {target}" + ("" if met is None else (" MET" if met else " MISSED"))
+    print(line, flush=True)
+    row = {
+        "figure": name,
+        "ratio": ratio,
+        "ours": ours,
+        "baseline": baseline,
+        "unit": unit,
+        "target": target,
+        "met": met,
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "reps": reps(args),
+        "runs": runs or {},
+        **(extra or {}),
+        "git_sha": git_sha(),
+        "machine": machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = os.environ.get("MACPO_BENCH_RESULTS")
+    if path or not args.smoke:
+        with open(path or RESULTS, "a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+    return row
+
+
+def skip(name: str, reason: str, args) -> None:
+    print(f"{name}: skipped ({reason})", flush=True)
+    path = os.environ.get("MACPO_BENCH_RESULTS")
+    if path or not args.smoke:
+        with open(path or RESULTS, "a") as fh:
+            row = {"figure": name, "skipped": reason, "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+                   "git_sha": git_sha(), "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            fh.write(json.dumps(row) + "\n")
+
+
+def tiny_model(tmp: Path, hidden: int = 64, layers: int = 2, extra_corpus: list[str] | None = None):
+    """The tiny Llama of perf-baselines.md (hidden 64, 2 layers) with its BPE tokenizer, saved to ``tmp``."""
+    from tiny import build_model, build_tokenizer
+
+    tok = build_tokenizer(extra_corpus)
+    model = build_model(tok, hidden=hidden, layers=layers, seed=0)
+    model.config.max_position_embeddings = 1024
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    return tmp
+
+
+def smollm2() -> Path:
+    from macpo.builder.models import smollm2_path
+
+    return smollm2_path()
