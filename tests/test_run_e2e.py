@@ -1,0 +1,140 @@
+"""The whole loop end to end on the small CI sandbox config: real subprocesses, real kills.
+
+One uninterrupted run is shared by the checks; a second run is killed mid-build and resumed,
+and must end with the same round content hashes.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from macpo.sql import open_store, run_query
+from macpo.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+CI_CONFIG = REPO / "eval" / "configs" / "ci.yaml"
+MACPO = [sys.executable, "-m", "macpo.cli"]
+# Small shards so a build has several checkpoints to resume from.
+OVERRIDES = ["--set", "shard_size=4"]
+
+
+def _run(out: Path, extra=()):
+    return subprocess.run([*MACPO, "run", str(CI_CONFIG), "--out", str(out), *OVERRIDES, *extra], capture_output=True, text=True)
+
+
+def _round_hashes(out: Path) -> dict:
+    store = Store(out / "store")
+    name = next(n for n in store.datasets() if not n.endswith(("-data", "-evals")))
+    return {v: store.manifest(name, v)["content_hash"] for v in store.versions(name)}
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    if not CI_CONFIG.is_file():
+        pytest.skip("eval/configs/ci.yaml is missing")
+    out = tmp_path_factory.mktemp("ci-run") / "out"
+    r = _run(out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out, r.stdout
+
+
+def sql(out: Path, q: str):
+    return run_query(open_store(str(out / "store")), q)[-1][1]
+
+
+def test_outputs_and_views(ci_run):
+    out, stdout = ci_run
+    for f in ["report.md", "metrics.csv", "metrics.json", "reward_by_round.png", "helpful_vs_harmless.png"]:
+        assert (out / f).is_file(), f
+    assert "student gold reward, round 0" in stdout
+    for view in ["pairs", "candidates", "evals"]:
+        assert sql(out, f"SELECT count(*) FROM {view}")[0][0] > 0, view
+    rows = sql(out, "SELECT DISTINCT round, agent FROM evals ORDER BY ALL")
+    assert (0, "student") in rows and (1, "teacher-1") in rows
+    csv = (out / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("round,agent,method,helpful,harmless,combined")
+
+
+def test_round_invariants_in_sql(ci_run):
+    out, _ = ci_run
+    rounds = "dataset NOT LIKE '%-data' AND dataset NOT LIKE '%-evals' AND round >= 1"
+    assert sql(out, f"SELECT count(*) FROM pairs WHERE {rounds} AND agent = 'student' AND chosen_agent NOT LIKE 'teacher-%'") == [(0,)]
+    assert sql(out, f"SELECT count(*) FROM pairs WHERE {rounds} AND agent LIKE 'teacher-%' AND chosen_agent <> 'student'") == [(0,)]
+    assert sql(out, f"SELECT count(*) FROM pairs WHERE {rounds} AND rejected_agent <> agent || '-neg'") == [(0,)]
+    assert sql(out, f"SELECT count(*) FROM pairs WHERE {rounds}")[0][0] > 0
+    # One fixed hard negative per (learner, prompt) across every round.
+    assert sql(out, f"""SELECT count(*) FROM (SELECT agent, prompt_id FROM pairs WHERE {rounds}
+                        GROUP BY agent, prompt_id HAVING count(DISTINCT rejected_text) > 1)""") == [(0,)]
+    # The student's chosen is the least perplexing teacher candidate under the student.
+    bad = sql(out, f"""
+        WITH ppl AS (
+            SELECT dataset, round, prompt_id, min(list_filter(familiarity, lambda f: f.scorer = 'student')[1].ppl) AS best
+            FROM candidates WHERE agent LIKE 'teacher-%' GROUP BY ALL)
+        SELECT count(*) FROM pairs p JOIN ppl USING (dataset, round, prompt_id)
+        WHERE {rounds.replace('round', 'p.round').replace('dataset', 'p.dataset')} AND p.agent = 'student'
+          AND abs(p.chosen_ppl - ppl.best) > 1e-9""")
+    assert bad == [(0,)]
+    n_student = sql(out, f"SELECT count(*) FROM pairs WHERE {rounds} AND agent = 'student'")[0][0]
+    assert n_student > 0
+
+
+def test_run_is_resumable_after_a_kill_with_identical_hashes(ci_run, tmp_path):
+    out, _ = ci_run
+    expected = _round_hashes(out)
+    again = tmp_path / "out"
+    proc = subprocess.Popen([*MACPO, "run", str(CI_CONFIG), "--out", str(again), *OVERRIDES],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    work = again / "store" / ".work"
+    deadline = time.time() + 600
+    killed = False
+    # Kill the whole process group as soon as round 1's build has checkpointed a shard.
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.startswith("gen-") for p in work.glob("*/round-1/*.parquet")):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed, "the run finished before round 1 started building"
+    state = json.loads((again / "store" / "run-state.json").read_text())
+    assert any(s["status"] == "pending" for s in state["steps"])
+    r = _run(again)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "up to date" in r.stdout
+    assert _round_hashes(again) == expected
+
+
+def test_killed_build_resumes_shards_with_the_same_hash(ci_run, tmp_path):
+    """`macpo build` alone: kill it mid-generation, rerun, same round as uninterrupted."""
+    out, _ = ci_run
+    expected = _round_hashes(out)["round-1"]
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    name = next(iter(p.name for p in (copy / "store").iterdir() if (p / "round-1").is_dir()))
+    shutil.rmtree(copy / "store" / name / "round-1")
+    shutil.rmtree(copy / "store" / ".work", ignore_errors=True)
+    cfg = copy / "run.yaml"
+    cfg.write_text(cfg.read_text().replace(str(out), str(copy)))
+    argv = [*MACPO, "build", "--config", str(cfg), "--round", "1", "--no-progress", *OVERRIDES]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = copy / "store" / ".work" / name / "round-1"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(work.glob("gen-*.parquet"))) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert not (copy / "store" / name / "round-1").exists(), "build finished before it could be killed"
+    done_before = {p.name for p in work.glob("gen-*.parquet")}
+    assert done_before
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert Store(copy / "store").manifest(name, "round-1")["content_hash"] == expected
