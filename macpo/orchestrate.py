@@ -26,7 +26,9 @@ from macpo.errors import UserError
 from macpo.hashing import json_hash
 from macpo.layout import RunLayout
 
-CLI = [sys.executable, "-m", "macpo.cli"]
+# -P: never put the caller's working directory on sys.path, or a stray h11.py there shadows a library.
+_PY = [sys.executable, "-P"] if sys.version_info >= (3, 11) else [sys.executable]
+CLI = [*_PY, "-m", "macpo.cli"]
 
 
 @dataclass
@@ -91,7 +93,7 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
     def train(label: str, jobs: list[dict], deps: list[str]):
         """One trainer process for a group of jobs (run in order)."""
         outs = [j["out"] for j in jobs]
-        argv = [sys.executable, "-m", "macpo.trainbatch", json.dumps([j["argv"] for j in jobs])]
+        argv = [*_PY, "-m", "macpo.trainbatch", json.dumps([j["argv"] for j in jobs])]
         steps.append(Step(label, argv, lambda: all((o / "metrics.json").is_file() for o in outs), deps=deps, clears=outs,
                           config_sections=tuple(sorted({j["section"] for j in jobs}))))
         return steps[-1].name
