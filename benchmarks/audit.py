@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from macpo.builder.models import cache_root
     from macpo.store import Store
 
-    n = 5_000 if args.smoke else 1_000_000 if args.quick else 10_000_000
+    n = 5_000 if args.smoke else 200_000 if args.quick else 10_000_000
     root = build_store(cache_root() / "bench" / f"audit-{n}", n)
     store = Store(root)
     files = [str(f) for v in store.versions("bench") for f in store.files("bench", v, "default")]

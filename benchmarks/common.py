@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -137,6 +138,8 @@ def report(
     extra: dict | None = None,
 ) -> dict:
     """Print the figure's line and append its JSON row (see module docstring)."""
+    if args.smoke:
+        met = None  # one tiny iteration proves the script runs, not the target
     ratio_s = "n/a" if ratio is None else f"{ratio:.3g}"
     parts = []
     if ours is not None:
@@ -162,6 +165,7 @@ def report(
         "git_sha": git_sha(),
         "machine": machine(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_id": os.environ.get("MACPO_BENCH_RUN"),
     }
     path = os.environ.get("MACPO_BENCH_RESULTS")
     if path or not args.smoke:
@@ -176,6 +180,7 @@ def skip(name: str, reason: str, args) -> None:
     if path or not args.smoke:
         with open(path or RESULTS, "a") as fh:
             row = {"figure": name, "skipped": reason, "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+                   "run_id": os.environ.get("MACPO_BENCH_RUN"),
                    "git_sha": git_sha(), "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             fh.write(json.dumps(row) + "\n")
 

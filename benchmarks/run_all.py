@@ -1,0 +1,109 @@
+"""Run every benchmark script and write the table to benchmarks/README.md.
+
+    python benchmarks/run_all.py            # full: tiny models + SmolLM2, 1M/10M rows, demo
+    python benchmarks/run_all.py --quick    # tiny models and small tables, under 3 minutes
+    python benchmarks/run_all.py --smoke    # one tiny iteration of each (what CI runs)
+
+Each script runs in its own process, one after another (never two at once: they would time
+each other). Results are appended to benchmarks/results.jsonl; the README table is rebuilt
+from this run's rows (not with --smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]
+README = HERE / "README.md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="tiny models and small sizes (< 3 minutes)")
+    mode.add_argument("--smoke", action="store_true", help="one tiny iteration of each script")
+    p.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these scripts")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    args = p.parse_args(argv)
+    flags = ["--quick"] if args.quick else ["--smoke"] if args.smoke else []
+    run_id = os.environ.get("MACPO_BENCH_RUN") or uuid.uuid4().hex[:12]
+    env = dict(os.environ, MACPO_BENCH_RUN=run_id)
+    started = time.time()
+    failed = []
+    for name in args.only or SCRIPTS:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *flags], env=env, stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout.splitlines():
+            if line.strip():
+                print(line, flush=True)
+        print(f"  [{name}: {time.time() - t0:.0f} s]", flush=True)
+        if proc.returncode != 0:
+            failed.append(name)
+    print(f"total {time.time() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if not args.smoke and not args.no_readme:
+        rows = load_rows(Path(os.environ.get("MACPO_BENCH_RESULTS") or HERE / "results.jsonl"), run_id)
+        if rows:
+            write_readme(rows, "quick" if args.quick else "full", time.time() - started)
+    return 1 if failed else 0
+
+
+def load_rows(path: Path, run_id: str) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("run_id") == run_id]
+
+
+def _num(value, unit) -> str:
+    if value is None:
+        return "—"
+    if unit == "s":
+        return f"{value:.3g} s"
+    if unit == "MB":
+        return f"{value:,.0f} MB"
+    return f"{value:,.0f} {unit}" if abs(value) >= 100 else f"{value:.3g} {unit}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| figure | model / size | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"| `{r['figure']}` | | | | | | skipped: {r['skipped']} |")
+            continue
+        size = r.get("model") or (f"{r['rows']:,} rows" if r.get("rows") else "")
+        ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.3g}"
+        if r["figure"] == "dpo_steps_per_s":
+            ratio += f" (bound {r['bound']:.3g}, {r['of_bound']:.2f} of it; Δloss ≤ {r['max_loss_diff']:.1e})"
+        met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+        target = (r.get("target") or "").split(" (")[0]
+        lines.append(f"| `{r['figure']}` | {size} | {_num(r.get('ours'), r['unit'])} | {_num(r.get('baseline'), r['unit'])} "
+                     f"| {ratio} | {target} | {met} |")
+    return "\n".join(lines)
+
+
+def write_readme(rows: list[dict], mode: str, seconds: float) -> None:
+    first = rows[0]
+    m = first.get("machine", {})
+    header = README.read_text().split("<!-- results -->")[0] if README.is_file() else ""
+    if not header:
+        header = (HERE / "README.head.md").read_text() if (HERE / "README.head.md").is_file() else "# Benchmarks\n\n"
+    body = (
+        f"<!-- results -->\n## Latest results ({mode} run)\n\n"
+        f"git `{first.get('git_sha')}`, {first.get('time')}, {m.get('cores')} cores, torch threads "
+        f"{m.get('torch_threads')}, load average at start {m.get('load_avg')}, {seconds / 60:.1f} min in all. "
+        f"Ratios are medians of interleaved repetitions (A B A B …); absolute numbers move with the machine's load.\n\n"
+        f"{table(rows)}\n"
+    )
+    README.write_text(header.rstrip() + "\n\n" + body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
