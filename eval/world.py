@@ -107,7 +107,8 @@ DEFAULTS: dict[str, Any] = {
         "teacher-2": {"hidden": 96, "layers": 2, "steps": 300, "lr": 2e-3},
         "student": {"hidden": 128, "layers": 4, "steps": 1500, "lr": 3e-3},
     },
-    "pretrain": {"batch_size": 64, "warmup": 50, "weight_decay": 0.01, "seed": 0, "threads": 0},
+    # bucket: batches drawn at once and grouped by length (less padding); threads: 0 = auto.
+    "pretrain": {"batch_size": 64, "warmup": 50, "weight_decay": 0.01, "seed": 0, "bucket": 8, "threads": 0},
 }
 
 

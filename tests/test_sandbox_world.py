@@ -115,7 +115,7 @@ def test_harmfulness_needs_verb_and_target():
 
 
 def test_lsd_first_numbers():
-    world = W.build({"sizes": {"dw": 0, "q": 0, "test": 80}, "lsd_first": True})
+    world = W.build({"sizes": {"dw": 0, "q": 0, "test": 80}})  # lsd_first is the default
     for p in world.test:
         if p.task == "add":
             a, b = (int(x.replace(" ", "")[::-1]) for x in p.text[len("what is "):-2].split(" + "))
