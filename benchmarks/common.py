@@ -41,7 +41,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny models and small sizes only (run_all --quick)")
     p.add_argument("--smoke", action="store_true", help="one tiny iteration, for CI: checks the script runs, times nothing")
     p.add_argument("--reps", type=int, default=None, help="repetitions of each side (default 3; 1 with --smoke)")
+    p.add_argument("--model", choices=["tiny", "smollm2"], action="append",
+                   help="models for the model figures (default: tiny, plus smollm2 in a full run)")
     return p
+
+
+def models(args) -> list[str]:
+    if args.model:
+        return args.model
+    return ["tiny"] if args.quick or args.smoke else ["tiny", "smollm2"]
 
 
 def reps(args) -> int:
@@ -65,22 +73,32 @@ def single_thread() -> None:
         pass
 
 
-def interleave(sides: dict[str, Callable[[], Any]], reps: int, warmup: bool = True) -> dict[str, list[float]]:
-    """Run each side ``reps`` times, alternating; return wall seconds per run.
+def interleave(
+    sides: dict[str, Callable[[], Any]], reps: int, warmup: bool = True, clock: str = "wall"
+) -> dict[str, list[float]]:
+    """Run each side ``reps`` times, alternating; return seconds per run on ``clock``.
 
-    A side may return a number, which is then taken as its own measured seconds (for
-    sides that time only part of what they run, e.g. steps after a warm-up).
+    ``clock="wall"`` is elapsed time (what a user waits for, I/O included); ``clock="cpu"``
+    is this process's CPU time, which on a shared machine measures the work done rather
+    than the scheduler's mood (the compute figures run on one thread, where the two agree
+    on an idle machine). The other clock's readings are kept in ``interleave.last_other``.
+    A side may return a number, which is then taken as its own measured seconds.
     """
+    read = time.process_time if clock == "cpu" else time.perf_counter
+    other = time.perf_counter if clock == "cpu" else time.process_time
     if warmup:
         for fn in sides.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in sides}
+    others: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(reps):
         for name, fn in sides.items():
-            start = time.perf_counter()
+            start, start_other = read(), other()
             value = fn()
-            elapsed = time.perf_counter() - start
+            elapsed = read() - start
+            others[name].append(other() - start_other)
             times[name].append(float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else elapsed)
+    interleave.last_other = others
     return times
 
 
@@ -135,6 +153,7 @@ def report(
     target: str | None = None,
     met: bool | None = None,
     runs: dict | None = None,
+    clock: str = "wall",
     extra: dict | None = None,
 ) -> dict:
     """Print the figure's line and append its JSON row (see module docstring)."""
@@ -146,7 +165,7 @@ def report(
         parts.append(f"ours {_fmt(ours, unit)}")
     if baseline is not None:
         parts.append(f"baseline {_fmt(baseline, unit)}")
-    line = f"{name}: ratio={ratio_s} ({', '.join(parts)})"
+    line = f"{name}: ratio={ratio_s} ({', '.join(parts)}{', CPU time' if clock == 'cpu' else ''})"
     if target:
         line += f" target {target}" + ("" if met is None else (" MET" if met else " MISSED"))
     print(line, flush=True)
@@ -161,6 +180,7 @@ def report(
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "reps": reps(args),
         "runs": runs or {},
+        "clock": clock,
         **(extra or {}),
         "git_sha": git_sha(),
         "machine": machine(),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import common
 
+CLOCK = "cpu"  # one-thread compute: CPU time is robust to other jobs on the machine (wall kept too)
+
 TARGET = 3.5
 NEW_TOKENS = 32
 
@@ -65,7 +67,7 @@ def bench_model(label: str, model, tokenizer, n_prompts: int, args) -> None:
                 n += out.shape[1] - input_ids.shape[1]
         produced["baseline"] = n
 
-    runs = common.interleave({"ours": ours, "one_at_a_time": one_at_a_time}, common.reps(args), warmup=not args.smoke)
+    runs = common.interleave({"ours": ours, "one_at_a_time": one_at_a_time}, common.reps(args), warmup=not args.smoke, clock=CLOCK)
     tokens = n_prompts * NEW_TOKENS
     assert produced["baseline"] == tokens, produced
     ours_tps = tokens / common.median(runs["ours"])
@@ -73,8 +75,8 @@ def bench_model(label: str, model, tokenizer, n_prompts: int, args) -> None:
     ratio = ours_tps / base_tps
     common.report(
         "generation_tokens_per_s", ratio=ratio, ours=ours_tps, baseline=base_tps, unit="tok/s", args=args,
-        target=f">= {TARGET} ({label})", met=ratio >= TARGET, runs=runs,
-        extra={"model": label, "prompts": n_prompts, "new_tokens": NEW_TOKENS, "prompt_tokens": [min(map(len, ids)), max(map(len, ids))]},
+        target=f">= {TARGET} ({label})", met=ratio >= TARGET, runs=runs, clock=CLOCK,
+        extra={"wall_runs": common.interleave.last_other, "model": label, "prompts": n_prompts, "new_tokens": NEW_TOKENS, "prompt_tokens": [min(map(len, ids)), max(map(len, ids))]},
     )
 
 
@@ -83,10 +85,11 @@ def main(argv=None) -> int:
     common.single_thread()
     from macpo.builder.models import load_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tok = load_model(common.tiny_model(Path(tmp)), device="cpu")
-        bench_model("tiny", model, tok, 4 if args.smoke else 16, args)
-    if not (args.quick or args.smoke):
+    if "tiny" in common.models(args):
+        with tempfile.TemporaryDirectory() as tmp:
+            model, tok = load_model(common.tiny_model(Path(tmp)), device="cpu")
+            bench_model("tiny", model, tok, 4 if args.smoke else 16, args)
+    if "smollm2" in common.models(args):
         model, tok = load_model(common.smollm2(), device="cpu")
         bench_model("smollm2", model, tok, 16, args)
     return 0
