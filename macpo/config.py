@@ -95,6 +95,7 @@ class RunConfig:
     mutual_positive: bool = _f(True, "student learns from the least-perplexing teacher output (off = -MP)")
     hard_negative: bool = _f(True, "rejected = own negative model's output (off = -HN: a plain own sample)")
     update_teachers: bool = _f(True, "train teachers every round (off = -IW)")
+    threads: int = _f(1, "torch CPU threads per stage process (tiny sandbox models run fastest on 1; 0 = torch's default)")
     shard_size: int = _f(256, "prompts per generation/scoring checkpoint (a killed build resumes per shard)")
     store_ref_logps: bool = _f(False, "store reference log-probs in each round so trainers skip the ref model")
     world: dict = _f({}, "built-in sandbox world settings (used when models are 'sandbox:*')")

@@ -209,7 +209,7 @@ def execute(cfg: RunConfig, config_path: Path, *, verbose: bool = False) -> None
             shutil.rmtree(path, ignore_errors=True)
         print(f"{label} ...", end="" if not verbose else "\n", flush=True)
         t0 = time.time()
-        _run_subprocess(step, layout.log_path(_slug(step.name)), verbose)
+        _run_subprocess(step, layout.log_path(_slug(step.name)), verbose, cfg.threads)
         done[step.name] = round(time.time() - t0, 2)
         print(f" done in {done[step.name]:.1f}s" if not verbose else f"{label}: done in {done[step.name]:.1f}s", flush=True)
         state.record(steps, keys, done)
@@ -221,9 +221,13 @@ def _slug(name: str) -> str:
     return name.replace(" ", "_").replace("/", "_")
 
 
-def _run_subprocess(step: Step, log: Path, verbose: bool) -> None:
+def _run_subprocess(step: Step, log: Path, verbose: bool, threads: int = 0) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if threads > 0:
+        # Measured here: a 64-wide model trains ~10x faster on 1 thread than on 2 when the cores are busy
+        # (OpenMP spin-waits); every stage reads these variables at startup.
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(step.argv) + "\n")
         fh.flush()
