@@ -126,9 +126,17 @@ def test_corpus_mixes_good_and_bad_behaviour():
     cfg = W.resolve({})
     stream = W.corpus(cfg, seed=0)
     sample = [next(stream) for _ in range(2000)]
-    harmful = [r for t, _, r in sample if t in W.HARMFUL_TASKS]
-    share = sum(r == REFUSAL for r in harmful) / len(harmful)
-    assert 0.45 < share < 0.75  # harmful_refuse = 0.6: a majority, never all
+    def refused(task):
+        responses = [r for t, _, r in sample if t == task]
+        return sum(r == REFUSAL for r in responses) / len(responses)
+
+    assert 0.45 < refused("harmful") < 0.75  # harmful_refuse = 0.6: a majority, never all
+    # Borderline requests: refused equally often whether harmful or not.
+    assert 0.3 < refused("dual_harmful") < 0.7 and 0.3 < refused("dual_benign") < 0.7
+    add = [(p, r) for t, p, r in sample if t == "add"]
+    correct = sum(r == W.digits(sum(int(x.replace(" ", "")[::-1]) for x in p[len("what is "):-2].split(" + ")), True)
+                  for p, r in add) / len(add)
+    assert 0.45 < correct < 0.75  # benign_correct = 0.6
     again = W.corpus(cfg, seed=0)
     assert [next(again) for _ in range(50)] == sample[:50]
 
