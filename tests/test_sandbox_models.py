@@ -133,3 +133,51 @@ def test_generate_scores_with_gold_reward(tmp_path, monkeypatch):
     assert len(responses) == 16 and all(isinstance(r, str) for r in responses)
     agg = W.aggregate([p.meta for p in world.test[:16]], responses)
     assert 0.0 <= agg["combined"] <= 1.0
+
+
+def test_micro_batches_give_the_full_batch_gradient():
+    import torch
+
+    tok = M.build_tokenizer()
+    cfg = W.resolve({})
+    parts = next(M._batches(tok, cfg, 32, seed=0))
+    assert len(parts) == 2 and sum(p[0].shape[0] for p in parts) == 32
+    model = M.build_model(tok, {"hidden": 16, "layers": 1}, seed=0)
+    n = sum(int((labels[:, 1:] != -100).sum()) for _, _, labels in parts)
+    for ids, mask, labels in parts:
+        model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n).loss.backward()
+    split = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    rows = [ids[i, : int(mask[i].sum())].tolist() for ids, mask, _ in parts for i in range(ids.shape[0])]
+    ids, mask, labels = M._tensors(rows, tok.pad_token_id, tok.convert_tokens_to_ids(M.ASSISTANT))
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    for a, p in zip(split, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+    # Only responses (after the assistant marker) carry loss.
+    first = rows[0]
+    start = first.index(tok.convert_tokens_to_ids(M.ASSISTANT)) + 1
+    assert (labels[0, :start] == -100).all() and labels[0, len(first) - 1] == tok.eos_token_id
+
+
+def test_split_point_minimises_padding():
+    assert M._split_point([5, 5, 5, 20]) == 3
+    assert M._split_point([10, 10]) in (1, 2)
+    assert M._split_point([7]) == 1
+
+
+def test_measure_reports_times_rewards_and_pgr(tmp_path, monkeypatch):
+    from macpo.config import TrainStage
+    from macpo.eval import sandbox
+
+    monkeypatch.setenv("MACPO_CACHE", str(tmp_path / "cache"))
+    train = {"teacher_sft": TrainStage(loss="sft", lr=1e-3, epochs=1.0, batch_size=16),
+             "student_sft": TrainStage(loss="sft", lr=1e-3, max_steps=1, batch_size=16)}
+    out = sandbox.measure(TINY, train, teachers=["teacher-0"], progress=False)
+    assert set(out["pretrain"]) == {"teacher-0", "student"}
+    assert all(info["seconds"] >= 0 and info["steps"] > 0 for info in out["pretrain"].values())
+    expected = {"teacher-0 pretrained", "student pretrained", "teacher-0 SFT on D_w", "weak labels (on Q)",
+                "student naive W2S, early", "student ceiling (gold), early",
+                "student naive W2S, 3 epochs", "student ceiling (gold), 3 epochs"}
+    assert set(out["results"]) == expected
+    assert all(0.0 <= r["combined"] <= 1.0 for r in out["results"].values())
+    assert set(out["pgr"]) == {"early", "3 epochs"}
