@@ -209,19 +209,17 @@ def _batch_digests(batch: pa.RecordBatch) -> bytes:
         fields += f
         streams += s
     header, width = _pack(fields, n)
-    streams = [(np.arange(n + 1, dtype=np.int64) * width, header)] + streams
+    # A stream with no bytes in any row adds nothing to any row (all-null columns, empty lists).
+    streams = [(np.arange(n + 1, dtype=np.int64) * width, header)] + [s for s in streams if s[0][-1] != s[0][0]]
     empty = pa.scalar(b"", _BIN)
     sha, digest = hashlib.sha256, type(hashlib.sha256()).digest
     out = []
     for start in range(0, n, CHUNK_ROWS):
         stop = min(n, start + CHUNK_ROWS)
         parts = [_binary(offsets, data, start, stop) for offsets, data in streams]
-        rows = pc.binary_join_element_wise(*parts, empty)
-        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64, count=len(rows) + 1, offset=rows.offset * 8)
-        data = memoryview(rows.buffers()[2])
-        # A chain of C-level maps: no Python frame per row, only the sha256 call itself.
-        row_bytes = map(data.__getitem__, map(slice, offsets[:-1].tolist(), offsets[1:].tolist()))
-        out.append(b"".join(map(digest, map(sha, row_bytes))))
+        rows = pc.binary_join_element_wise(*parts, empty) if len(parts) > 1 else parts[0]
+        # C-level maps over bytes objects: no Python frame per row, only the sha256 call itself.
+        out.append(b"".join(map(digest, map(sha, rows.to_pylist()))))
     return b"".join(out)
 
 
