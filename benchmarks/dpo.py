@@ -178,7 +178,12 @@ def worker(side: str, model_dir: str, store: str, mode: str, setting: dict, out_
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft)
         ref_modules = [trainer.model] + ([trainer.ref_model] if trainer.ref_model is not None else [])
     timer = _Timer(trainer, ref_modules)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     warm = setting["warm"]
     step_s = [b - a for a, b in zip(timer.step_ends[warm - 1 :], timer.step_ends[warm:])]
     wall_s = [b - a for a, b in zip(timer.step_ends_wall[warm - 1 :], timer.step_ends_wall[warm:])]

@@ -68,7 +68,7 @@ def _signature(t: pa.DataType) -> str:
     if pa.types.is_timestamp(t):
         return f"timestamp[{t.unit},{t.tz or ''}]"
     if pa.types.is_date32(t) or pa.types.is_date64(t):
-        return "date"
+        return str(t)  # date32[day] and date64[ms] count different units
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
         return f"list<{_signature(t.value_type)}>"
     if pa.types.is_struct(t):
@@ -105,7 +105,7 @@ def _normalise(arr: pa.Array) -> pa.Array:
     if pa.types.is_large_list_view(t):
         return _normalise(arr.cast(pa.large_list(t.value_type)))
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        return arr.cast(pa.int64()) if not pa.types.is_date32(t) else arr.cast(pa.int32()).cast(pa.int64())
+        return arr.view(pa.int32() if pa.types.is_date32(t) else pa.int64())
     return arr
 
 
