@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]
 README = HERE / "README.md"
+SCRIPT_FIGURES = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]  # figure-name prefixes, table order
 
 
 def main(argv=None) -> int:
@@ -32,7 +33,15 @@ def main(argv=None) -> int:
     mode.add_argument("--smoke", action="store_true", help="one tiny iteration of each script")
     p.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these scripts")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    p.add_argument("--readme-only", action="store_true",
+                   help="only rebuild the README table from the latest full-run rows of results.jsonl")
     args = p.parse_args(argv)
+    results = Path(os.environ.get("MACPO_BENCH_RESULTS") or HERE / "results.jsonl")
+    if args.readme_only:
+        rows = latest_rows(results, "quick" if args.quick else "full")
+        write_readme(rows, "quick" if args.quick else "full", None)
+        print(table(rows))
+        return 0
     flags = ["--quick"] if args.quick else ["--smoke"] if args.smoke else []
     run_id = os.environ.get("MACPO_BENCH_RUN") or uuid.uuid4().hex[:12]
     env = dict(os.environ, MACPO_BENCH_RUN=run_id)
@@ -49,7 +58,7 @@ def main(argv=None) -> int:
             failed.append(name)
     print(f"total {time.time() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if not args.smoke and not args.no_readme:
-        rows = load_rows(Path(os.environ.get("MACPO_BENCH_RESULTS") or HERE / "results.jsonl"), run_id)
+        rows = load_rows(results, run_id)
         if rows:
             write_readme(rows, "quick" if args.quick else "full", time.time() - started)
     return 1 if failed else 0
@@ -60,6 +69,20 @@ def load_rows(path: Path, run_id: str) -> list[dict]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r.get("run_id") == run_id]
+
+
+def latest_rows(path: Path, mode: str) -> list[dict]:
+    """The newest row of each (figure, model) among ``mode`` runs, in script order."""
+    if not path.is_file():
+        return []
+    latest: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("mode") == mode:
+                latest[(row["figure"], row.get("model"))] = row
+    order = {name: i for i, name in enumerate(SCRIPT_FIGURES)}
+    return sorted(latest.values(), key=lambda r: (order.get(r["figure"].split("_")[0], 99), r["figure"], r.get("model") or ""))
 
 
 def _num(value, unit) -> str:
@@ -73,10 +96,10 @@ def _num(value, unit) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| figure | model / size | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    lines = ["| figure | model / size | ours | baseline | ratio | target | met | git |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"| `{r['figure']}` | | | | | | skipped: {r['skipped']} |")
+            lines.append(f"| `{r['figure']}` | | | | | | skipped: {r['skipped']} | {(r.get('git_sha') or '')[:7]} |")
             continue
         size = r.get("model") or (f"{r['rows']:,} rows" if r.get("rows") else "")
         ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.3g}"
@@ -85,20 +108,21 @@ def table(rows: list[dict]) -> str:
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
         target = (r.get("target") or "").split(" (")[0]
         lines.append(f"| `{r['figure']}` | {size} | {_num(r.get('ours'), r['unit'])} | {_num(r.get('baseline'), r['unit'])} "
-                     f"| {ratio} | {target} | {met} |")
+                     f"| {ratio} | {target} | {met} | {(r.get('git_sha') or '')[:7]} |")
     return "\n".join(lines)
 
 
-def write_readme(rows: list[dict], mode: str, seconds: float) -> None:
-    first = rows[0]
+def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
+    first = rows[-1]
     m = first.get("machine", {})
     header = README.read_text().split("<!-- results -->")[0] if README.is_file() else ""
     if not header:
         header = (HERE / "README.head.md").read_text() if (HERE / "README.head.md").is_file() else "# Benchmarks\n\n"
     body = (
         f"<!-- results -->\n## Latest results ({mode} run)\n\n"
-        f"git `{first.get('git_sha')}`, {first.get('time')}, {m.get('cores')} cores, torch threads "
-        f"{m.get('torch_threads')}, load average at start {m.get('load_avg')}, {seconds / 60:.1f} min in all. "
+        f"Up to git `{(first.get('git_sha') or '')[:12]}`, {first.get('time')}; {m.get('cores')} cores, torch threads "
+        f"{m.get('torch_threads')}, load average {m.get('load_avg')} (other jobs shared the machine)"
+        + (f", {seconds / 60:.1f} min in all" if seconds else "") + ". "
         f"Ratios are medians of interleaved repetitions (A B A B …); absolute numbers move with the machine's load.\n\n"
         f"{table(rows)}\n"
     )
