@@ -30,7 +30,7 @@ from pathlib import Path
 from macpo.cliutil import make_parser, parse_kv
 from macpo.config import RunConfig
 from macpo.errors import UserError
-from macpo.layout import RunLayout
+from macpo.layout import RunLayout, apply_threads
 from macpo.schema import conform
 
 BOOTSTRAP_PARTS = ("teachers", "labels", "final")
@@ -69,6 +69,7 @@ class RoundBuilder:
         self.layout = RunLayout(cfg)
         self.store = Store(self.layout.store_dir, create=True)
         self.progress = progress
+        apply_threads(cfg)
 
     # ---- inputs ------------------------------------------------------------------------
     def data(self, subset: str):

@@ -17,7 +17,7 @@ import sys
 from macpo.cliutil import make_parser, parse_kv
 from macpo.config import RunConfig
 from macpo.errors import UserError
-from macpo.layout import RunLayout
+from macpo.layout import RunLayout, apply_threads
 
 
 def is_sandbox(cfg: RunConfig) -> bool:
@@ -86,6 +86,7 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     from macpo.builder.generate import SamplingParams, TransformersGenerator
     from macpo.store import Store, Subset
 
+    apply_threads(cfg)
     layout = RunLayout(cfg)
     store = Store(layout.store_dir)
     data_name, data_version = store.resolve(layout.data_dataset)

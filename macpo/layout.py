@@ -82,3 +82,12 @@ class RunLayout:
 
 def _is_model(path: Path) -> bool:
     return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def apply_threads(cfg: RunConfig) -> None:
+    """Use the config's thread count, so a build gives bit-identical floats (and content hash)
+    whether it runs inside ``macpo run`` or alone: float sums depend on the thread count."""
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
