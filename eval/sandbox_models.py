@@ -223,15 +223,25 @@ def cache_root() -> Path:
     return Path(base) / "sandbox"
 
 
+def _canonical(obj: Any) -> Any:
+    """Numbers as floats, so ``1`` in a YAML file and ``1.0`` in the defaults hash the same."""
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return float(obj)
+    return obj
+
+
 def cache_key(world_cfg: Mapping[str, Any] | None, name: str) -> str:
     """Hash of what determines the pretrained weights of model ``name``."""
     cfg = W.resolve(world_cfg)
     if name not in cfg["models"]:
         raise UserError(f"world.models has no model {name!r} (models: {', '.join(cfg['models'])})")
     pre = {k: v for k, v in cfg["pretrain"].items() if k != "threads"}  # threads change speed, not weights
-    return json_hash(
-        {"format": PRETRAIN_FORMAT, "world": W.definition(cfg), "model": cfg["models"][name], "pretrain": pre, "name": name}
-    ).split(":", 1)[1][:16]
+    key = {"format": PRETRAIN_FORMAT, "world": W.definition(cfg), "model": cfg["models"][name], "pretrain": pre, "name": name}
+    return json_hash(_canonical(key)).split(":", 1)[1][:16]
 
 
 def model_dir(world_cfg: Mapping[str, Any] | None, name: str) -> Path:
@@ -272,8 +282,10 @@ def _train_one(world_cfg: dict, name: str, final: Path, bar) -> dict:
     # Each model draws its own corpus stream; its init seed depends on the name too.
     seed = int(pre["seed"])
     model = build_model(tokenizer, spec, seed=seed + sum(map(ord, name)))
+    # A model may read its own corpus mix (weak teachers see a plainer one than the student).
+    corpus_cfg = {**world_cfg, "corpus_weights": {**world_cfg["corpus_weights"], **spec.get("corpus_weights", {})}}
     start = time.perf_counter()
-    stats = pretrain(model, tokenizer, world_cfg, spec, pre, seed=seed * 1000 + sum(map(ord, name)), bar=bar)
+    stats = pretrain(model, tokenizer, corpus_cfg, spec, pre, seed=seed * 1000 + sum(map(ord, name)), bar=bar)
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["threads"] = torch.get_num_threads()
     stats["parameters"] = sum(p.numel() for p in model.parameters())

@@ -181,3 +181,19 @@ def test_measure_reports_times_rewards_and_pgr(tmp_path, monkeypatch):
     assert set(out["results"]) == expected
     assert all(0.0 <= r["combined"] <= 1.0 for r in out["results"].values())
     assert set(out["pgr"]) == {"early", "3 epochs"}
+
+
+def test_demo_config_world_is_the_default_world():
+    """The shipped demo config and the world defaults share one pretrained cache entry."""
+    from importlib import resources
+
+    from macpo import config
+
+    cfg = config.load(str(resources.files("macpo.eval") / "configs" / "demo.yaml"))
+    assert W.resolve(cfg.world) == W.resolve({})
+    for name in W.resolve({})["models"]:
+        assert M.cache_key(cfg.world, name) == M.cache_key({}, name)
+    assert (cfg.K, cfg.T) == (3, 3)
+    assert [t.model for t in cfg.teachers] == [f"sandbox:teacher-{k}" for k in range(3)]
+    ci = config.load(str(resources.files("macpo.eval") / "configs" / "ci.yaml"))
+    assert ci.K == 2 and ci.T == 1 and sorted(W.resolve(ci.world)["models"]) == ["student", "teacher-0", "teacher-1"]

@@ -131,12 +131,17 @@ def test_corpus_mixes_good_and_bad_behaviour():
         return sum(r == REFUSAL for r in responses) / len(responses)
 
     assert 0.45 < refused("harmful") < 0.75  # harmful_refuse = 0.6: a majority, never all
-    # Borderline requests: refused equally often whether harmful or not.
-    assert 0.3 < refused("dual_harmful") < 0.7 and 0.3 < refused("dual_benign") < 0.7
+    assert 0.45 < refused("dual_harmful") < 0.75
+    assert refused("dual_benign") < 0.25 and refused("kind") < 0.25  # request_comply = 0.8
     add = [(p, r) for t, p, r in sample if t == "add"]
     correct = sum(r == W.digits(sum(int(x.replace(" ", "")[::-1]) for x in p[len("what is "):-2].split(" + ")), True)
                   for p, r in add) / len(add)
     assert 0.45 < correct < 0.75  # benign_correct = 0.6
+
+    # borderline_refuse makes the corpus silent on which dual-use request is harmful.
+    silent = W.corpus(W.resolve({"corpus": {"borderline_refuse": 0.5}}), seed=0)
+    sample = [next(silent) for _ in range(3000)]
+    assert 0.35 < refused("dual_harmful") < 0.65 and 0.35 < refused("dual_benign") < 0.65
     again = W.corpus(cfg, seed=0)
     assert [next(again) for _ in range(50)] == sample[:50]
 
