@@ -235,7 +235,8 @@ class NucleusWarper:
 
     A token is dropped when the mass of it and every less likely token is ``<= 1 - top_p``
     (``TopPLogitsWarper``'s rule), so the same tokens survive except where that mass sits
-    within float rounding (~1e-6) of the threshold, where the two summation orders may differ.
+    within float32 rounding of the threshold (transformers sums 49k probabilities in float32;
+    seen only with top_p near 1 on flat distributions, a few tokens in 10^4).
     """
 
     def __init__(self, temperature: float, top_k: int, top_p: float):
@@ -257,7 +258,11 @@ class NucleusWarper:
             if k == vocab or bool((top.sum(-1) >= self.top_p + 1e-4).all()):
                 break
             k = min(vocab, k * 4)
-        tail = 1.0 - (top.cumsum(-1) - top)  # mass of each candidate and everything below it
+        # Mass of each candidate and everything less likely, in float64 (the rule's rounding is
+        # then transformers' float32 cumsum's alone).
+        top64 = top.double()
+        rest = probs.double().sum(-1, keepdim=True) - top64.sum(-1, keepdim=True)
+        tail = rest + top64.flip(-1).cumsum(-1).flip(-1)
         keep = tail > 1.0 - self.top_p
         keep[..., 0] = True  # min_tokens_to_keep = 1
         mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, keep)
