@@ -109,7 +109,8 @@ def median(xs: list[float]) -> float:
 def git_sha() -> str | None:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "macpo", "builder", "trainer", "benchmarks"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "macpo", "builder", "trainer", "benchmarks",
+                                ":!benchmarks/results.jsonl", ":!benchmarks/README.md"],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
