@@ -13,7 +13,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+_HH = "data/hh-rlhf-harmless-base-test.jsonl.gz"
+# ../shared next to the checkout; $MACPO_SHARED or the workspace's copy for clones made elsewhere.
+SHARED_HH = next(
+    (p for p in (Path(os.environ.get("MACPO_SHARED", REPO.parent / "shared")) / _HH, Path("/work/shared") / _HH) if p.is_file()),
+    REPO.parent / "shared" / _HH,
+)
 
 
 @pytest.fixture(scope="session")
