@@ -182,34 +182,46 @@ class Store:
         """Atomically write one immutable version."""
         _check_name("dataset name", name)
         _check_name("version", version)
-        prepared, entries, content_hash = self._prepare(name, version, subsets)
-        return self._commit(name, version, prepared, entries, content_hash, parent_hash, config, models, extra)
+        conformed = self._conform(name, version, subsets)
+        if (self.path(name, version) / MANIFEST).is_file():
+            return self._existing(name, version, self._hash(conformed)[1])
+        return self._commit(name, version, conformed, parent_hash, config, models, extra)
 
     @staticmethod
-    def _prepare(name: str, version: str, subsets: Mapping[str, Subset]):
+    def _conform(name: str, version: str, subsets: Mapping[str, Subset]) -> dict:
         if not subsets:
             raise UserError(f"{name}/{version}: nothing to write (no subsets)")
-        prepared = {}
+        conformed = {}
         for subset, item in subsets.items():
             _check_name("subset name", subset)
-            table = conform(item.table, item.kind, f"{name}/{version}/{subset}")
-            prepared[subset] = (item.kind, table)
-        entries = {
-            s: {"kind": k, "rows": t.num_rows, "content_hash": table_hash(t)} for s, (k, t) in prepared.items()
-        }
-        return prepared, entries, dataset_hash(entries)
+            conformed[subset] = (item.kind, conform(item.table, item.kind, f"{name}/{version}/{subset}"))
+        return conformed
 
-    def _commit(self, name, version, prepared, entries, content_hash, parent_hash, config, models, extra) -> WriteResult:
+    @staticmethod
+    def _hash(conformed: dict) -> tuple[dict, str]:
+        entries = {s: {"kind": k, "rows": t.num_rows, "content_hash": table_hash(t)} for s, (k, t) in conformed.items()}
+        return entries, dataset_hash(entries)
+
+    def _commit(self, name, version, conformed, parent_hash, config, models, extra, unless_same_as=None) -> WriteResult:
+        """Write ``conformed`` as ``name/version``; with ``unless_same_as=(version, hash)``, skip it
+        when its content hash equals that version's (``write_next``'s no-op)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         final = self.path(name, version)
-        if (final / MANIFEST).is_file():
-            return self._existing(name, version, content_hash)
-
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            for subset, (_, table) in prepared.items():
-                entries[subset]["files"] = self._write_shards(tmp, subset, table)
+            # Parquet encoding releases the GIL while hashing mostly holds it, so the shards are
+            # written in a second thread while the rows are hashed: on two cores the costs overlap.
+            with ThreadPoolExecutor(1) as pool:
+                files = {s: pool.submit(self._write_shards, tmp, s, t) for s, (_, t) in conformed.items()}
+                entries, content_hash = self._hash(conformed)
+                for subset, future in files.items():
+                    entries[subset]["files"] = future.result()
+            if unless_same_as is not None and unless_same_as[1] == content_hash:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return WriteResult(name, unless_same_as[0], content_hash, created=False)
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "dataset": name,
@@ -276,13 +288,8 @@ class Store:
         _check_name("dataset name", name)
         versions = [v for v in self.versions(name) if re.fullmatch(r"v\d+", v)]
         version = f"v{int(versions[-1][1:]) + 1}" if versions else "v1"
-        prepared, entries, content_hash = self._prepare(name, version, subsets)
-        if versions:
-            latest = self.manifest(name, versions[-1])["content_hash"]
-            if latest == content_hash:
-                return WriteResult(name, versions[-1], content_hash, created=False)
-            kwargs.setdefault("parent_hash", latest)
-        return self._commit(
-            name, version, prepared, entries, content_hash,
-            kwargs.get("parent_hash"), kwargs.get("config"), kwargs.get("models"), kwargs.get("extra"),
-        )
+        conformed = self._conform(name, version, subsets)
+        latest = (versions[-1], self.manifest(name, versions[-1])["content_hash"]) if versions else None
+        parent = kwargs.get("parent_hash", latest[1] if latest else None)
+        return self._commit(name, version, conformed, parent, kwargs.get("config"), kwargs.get("models"),
+                            kwargs.get("extra"), unless_same_as=latest)
