@@ -5,14 +5,14 @@ WITH latest AS (
     SELECT dataset, max_by(version, coalesce(TRY_CAST(regexp_extract(version, '(\d+)$', 1) AS INTEGER), -1)) AS version
     FROM datasets GROUP BY dataset
 ), all_prompts AS (
-    SELECT dataset, version, prompt_text FROM pairs
-    UNION SELECT dataset, version, prompt_text FROM prompts
-    UNION SELECT dataset, version, prompt_text FROM sft
+    SELECT dataset, version, prompt FROM pairs
+    UNION SELECT dataset, version, prompt FROM prompts
+    UNION SELECT dataset, version, prompt FROM sft
 ), per_dataset AS (
-    SELECT DISTINCT a.dataset, a.prompt_text FROM all_prompts a JOIN latest USING (dataset, version)
+    SELECT DISTINCT a.dataset, a.prompt FROM all_prompts a JOIN latest USING (dataset, version)
 ), shared AS (
-    SELECT prompt_text, count(*) AS n_datasets, string_agg(dataset, '+' ORDER BY dataset) AS which
-    FROM per_dataset GROUP BY prompt_text HAVING count(*) > 1
+    SELECT prompt, count(*) AS n_datasets, string_agg(dataset, '+' ORDER BY dataset) AS which
+    FROM per_dataset GROUP BY prompt HAVING count(*) > 1
 )
 SELECT count(*) AS count,
        CASE WHEN count(*) = 0 THEN 'ok' ELSE 'warn' END AS verdict,

@@ -1,7 +1,11 @@
--- Share of pairs whose chosen response is longer than the rejected one. Far from 50%,
--- DPO can learn "longer is better" instead of the preference.
+-- Share of pairs whose chosen response is longer (in bytes) than the rejected one. Far from
+-- 50%, DPO can learn "longer is better" instead of the preference.
 -- verdict: warn outside 35%-65%.
-WITH p AS (SELECT length(chosen_text) > length(rejected_text) AS longer FROM pairs)
+WITH p AS (
+    SELECT coalesce(list_sum(list_transform(chosen, lambda m: strlen(m.content))), 0)
+         > coalesce(list_sum(list_transform(rejected, lambda m: strlen(m.content))), 0) AS longer
+    FROM pairs
+)
 SELECT count(*) FILTER (WHERE longer) AS count,
        CASE WHEN count(*) = 0 THEN 'ok'
             WHEN avg(longer::INT) BETWEEN 0.35 AND 0.65 THEN 'ok' ELSE 'warn' END AS verdict,
