@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from macpo.errors import UserError
+from macpo.tokens import common_prefix_len
 
 # Rows x vocab floats per LM-head chunk (~256 MB in fp32), so long responses never blow up memory.
 _HEAD_CHUNK_FLOATS = 1 << 26
@@ -67,15 +68,6 @@ def _as_messages(response: Any) -> list[dict]:
     return [dict(m) for m in response]
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def encode_row(
     tokenizer: Any, prompt: Any, responses: Sequence[Any], max_length: int | None = None
 ) -> list[tuple[list[int], list[int]]]:
@@ -92,7 +84,7 @@ def encode_row(
         fulls = [
             list(tokenizer.apply_chat_template(messages + _as_messages(r), **template)["input_ids"]) for r in responses
         ]
-    cut = min(_common_prefix(prompt_ids, full) for full in fulls)
+    cut = min(common_prefix_len(prompt_ids, full) for full in fulls)
     out = []
     for full in fulls:
         if max_length is not None:

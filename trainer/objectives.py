@@ -27,6 +27,7 @@ from trl.data_utils import is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from macpo.errors import UserError
+from macpo.tokens import common_prefix_len
 
 _REF_PAIR = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -47,15 +48,6 @@ def _tokenize(processing_class, prompt, completion) -> list[int]:
     if isinstance(prompt, list):
         return processing_class.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
     return processing_class(text=prompt + completion)["input_ids"]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass
@@ -121,7 +113,7 @@ class SPACTrainer(StoredRefDPOTrainer):
                 completion = completion + eos  # TRL appends EOS to text completions; match it
             full = _tokenize(processing_class, example["prompt"], completion)
             prompt_ids = example["prompt_ids"]
-            cut = _common_prefix(prompt_ids, full)
+            cut = common_prefix_len(prompt_ids, full)
             if cut < len(prompt_ids):
                 # The prompt tokenises differently before y' than before y⁺/y⁻. Like TRL, the completion
                 # starts where the sequences diverge; move the divergent prompt tail into y⁺ and y⁻ so all
