@@ -157,7 +157,7 @@ def run_training(cfg: TrainConfig) -> dict:
     tmp = out.parent / f".{out.name}.partial"
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     try:
         session = build_session(cfg, data, tmp / TRAINER_SCRATCH)
