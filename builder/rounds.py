@@ -76,9 +76,12 @@ class RoundBuilder:
         name, version = self.store.resolve(self.layout.data_dataset)
         return self.store.read(name, version, subset)
 
-    def _round(self, version: str, subset: str):
+    def _require(self, version: str) -> None:
         if not self.store.has(self.layout.rounds_dataset, version):
             raise UserError(f"{self.layout.rounds_dataset}/{version} is missing; build it first")
+
+    def _round(self, version: str, subset: str):
+        self._require(version)
         return self.store.read(self.layout.rounds_dataset, version, subset)
 
     def _sampling(self, round_: int, agent: str, shard: int, greedy: bool = False):
@@ -247,7 +250,7 @@ class RoundBuilder:
         version = f"round-{n}"
         previous = "round-0" if n == 1 else f"round-{n - 1}"
         hard_negatives = self._round("round-0", "hard-negatives")
-        self._round(previous, next(iter(self.store.subsets(self.layout.rounds_dataset, previous))))
+        self._require(previous)
         q = self.data("q")
         models = {a: self.layout.require_model(a, n - 1) for a in self.cfg.agent_names()}
         candidates = _concat([self.generate(version, n, a, models[a], q) for a in self.cfg.agent_names()])
@@ -274,7 +277,7 @@ class RoundBuilder:
 
         version = f"round-{n}"
         previous = "round-0" if n == 1 else f"round-{n - 1}"
-        self._round(previous, next(iter(self.store.subsets(self.layout.rounds_dataset, previous))))
+        self._require(previous)
         offline = self.data("dw")
         model = self.layout.require_model("student", n - 1)
         ids = offline.column("prompt_id").to_pylist()

@@ -2,7 +2,7 @@
 
 - ``--prepare``: make the run's data (``<name>-data``: ``dw`` pairs, ``q`` and ``test`` prompts)
   and, for the built-in sandbox, pretrain (or load from cache) the agents' base models.
-- ``--round N``: every agent's round-N model answers the held-out prompts (greedy); each
+- ``--round N``: every agent's round-N model answers the held-out prompts (greedy unless ``eval.greedy: false``); each
   answer is scored per axis — the gold reward in the sandbox, and any sequence-classification
   reward models named in ``eval.reward_models`` — and written as ``<name>-evals/round-N``.
 - ``--report``: the round x agent table, ``metrics.csv``, win rates against the round-0
@@ -93,7 +93,9 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     test = store.read(data_name, data_version, "test")
     prompts = test.column("prompt").to_pylist()
     metas = test.column("meta").to_pylist()
-    params = SamplingParams(temperature=0.0, max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed)
+    s = cfg.sampling
+    params = (SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens, seed=cfg.seed) if cfg.eval.greedy
+              else SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, 1, cfg.seed))
     rows = []
     for agent in eval_agents(cfg):
         model = layout.require_model(agent, round_)

@@ -74,7 +74,7 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         p = layout.model_dir(agent, round_)
         return lambda: (p / "metrics.json").is_file()
 
-    steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"), config_sections=("world", "seed", "student", "teachers", "K", "name"))]
+    steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"))]
 
     def job(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None, loss=None):
         stage = cfg.train[stage_name]
