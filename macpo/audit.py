@@ -50,6 +50,25 @@ def available_audits(extra_dirs: list[Path] | None = None) -> dict[str, Audit]:
     return audits
 
 
+def index_missing_facts(sources) -> None:
+    """Write the per-row facts of versions stored before facts existed (or by another DuckDB),
+    once, so this and later audits read narrow columns instead of the text."""
+    from macpo.facts import ensure_facts, fact_files
+
+    missing = [src for src in sources if fact_files(src.root, src.manifest) is None]
+    if not missing:
+        return
+    from tqdm.auto import tqdm
+
+    shards = sum(len(e["files"]) for src in missing for e in src.manifest["subsets"].values())
+    with tqdm(total=shards, desc=f"indexing {len(missing)} version(s) for audits", unit="shard", file=sys.stderr, leave=False) as bar:
+        for src in missing:
+            try:
+                ensure_facts(src.root, src.manifest, progress=lambda: bar.update(1))
+            except OSError as exc:  # a read-only store: the audits compute the facts from the text
+                print(f"macpo audit: note: cannot index {src.dataset}/{src.version} ({exc.strerror}); auditing from the text", file=sys.stderr)
+
+
 def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -> list[AuditResult]:
     """Run audits over ``store`` (a Store), optionally restricted to one dataset/version."""
     from macpo.sql import check_read_only, connect, store_sources
@@ -64,7 +83,9 @@ def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -
         raise UserError(f"unknown audit(s) {', '.join(unknown)} (available: {', '.join(audits)})")
     if dataset is not None:
         store.resolve(dataset, version)
-    con = connect(store_sources(store, dataset, version), [store.root])
+    sources = store_sources(store, dataset, version)
+    index_missing_facts(sources)
+    con = connect(sources, [store.root])
     results = []
     for name in selected:
         audit = audits[name]

@@ -2,7 +2,9 @@
 
 Views (one row per stored row, plus ``dataset``, ``version``, ``subset`` columns):
 ``pairs``, ``sft``, ``candidates``, ``prompts``, ``evals`` (one per table kind, with flat
-``*_text`` columns beside the nested message lists), ``datasets`` (versions and hashes),
+``*_text`` columns beside the nested message lists), ``KIND_facts`` (the same rows with the
+scalar columns and, instead of each message list ``M``, ``M_key`` (64-bit hash), ``M_bytes``
+and ``M_blank``: see ``macpo/facts.py``), ``datasets`` (versions and hashes),
 ``subsets`` (row counts per subset) and ``rounds`` (the ``round-N`` versions).
 
 Read-only is enforced by DuckDB itself, twice: only SELECT/EXPLAIN statements pass
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from macpo.cliutil import make_parser
 from macpo.errors import UserError
+from macpo.facts import fact_expressions, fact_files, fact_select_list, scalar_columns
 from macpo.schema import KINDS, MESSAGES
 
 ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN"}
@@ -80,12 +83,39 @@ def _empty_select(con, kind: str) -> str:
     return f"SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset, *{_text_columns(kind)} FROM {name}"
 
 
+_EMPTY_LABEL = "NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset"
+
+
+def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Path] | None, con=None) -> str:
+    """SELECT of one subset's ``KIND_facts`` rows: the stored facts shards side by side with the
+    data shards' scalar columns when valid, else the same facts computed from the text."""
+    scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
+    names = ", ".join(name for name, _ in fact_expressions(kind))
+    if stored:
+        # POSITIONAL JOIN pairs row i of a data shard with row i of its facts shard; DuckDB
+        # still reads only the columns a query uses from either side.
+        return " UNION ALL ".join(
+            f"SELECT {label}, {scalars}, {names} FROM (SELECT {scalars} FROM read_parquet({_q(d.resolve())})) "
+            f"POSITIONAL JOIN read_parquet({_q(f.resolve())})"
+            for d, f in zip(data_files, stored)
+        )
+    if not data_files:  # no subset of this kind anywhere: an empty view with the right columns
+        import pyarrow as pa
+
+        con.register(f"_empty_facts_{kind}", pa.Table.from_pylist([], schema=KINDS[kind]))
+        source = f"_empty_facts_{kind}"
+    else:
+        source = "read_parquet([" + ", ".join(_q(d.resolve()) for d in data_files) + "])"
+    return f"SELECT {label}, {scalars}, {fact_select_list(kind)} FROM {source}"
+
+
 def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
     """A sandboxed, read-only DuckDB connection with the views over ``sources``."""
     import duckdb
 
     con = duckdb.connect(config={"threads": 2})
     per_kind: dict[str, list[str]] = {k: [] for k in KINDS}
+    per_kind_facts: dict[str, list[str]] = {k: [] for k in KINDS}
     dataset_rows, subset_rows = [], []
     for src in sources:
         m = src.manifest
@@ -96,12 +126,14 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
             f"{len(m['subsets'])} AS n_subsets, {sum(s['rows'] for s in m['subsets'].values())}::BIGINT AS n_rows, "
             f"{_q(m.get('created_at', ''))} AS created_at"
         )
+        stored_facts = fact_files(src.root, m)
         for subset, entry in m["subsets"].items():
             kind = entry["kind"]
             files = "[" + ", ".join(_q((src.root / f).resolve()) for f in entry["files"]) + "]"
-            per_kind.setdefault(kind, []).append(
-                f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset, *{_text_columns(kind)} "
-                f"FROM read_parquet({files})"
+            label = f"{_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset"
+            per_kind.setdefault(kind, []).append(f"SELECT {label}, *{_text_columns(kind)} FROM read_parquet({files})")
+            per_kind_facts.setdefault(kind, []).append(
+                _facts_source(kind, label, [src.root / f for f in entry["files"]], stored_facts and stored_facts[subset])
             )
             subset_rows.append(
                 f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset, "
@@ -110,6 +142,8 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
     for kind, selects in per_kind.items():
         body = " UNION ALL ".join(selects) if selects else _empty_select(con, kind)
         con.execute(f"CREATE VIEW {kind} AS {body}")
+        facts_body = " UNION ALL ".join(per_kind_facts[kind]) if per_kind_facts[kind] else _facts_source(kind, _EMPTY_LABEL, [], None, con)
+        con.execute(f"CREATE VIEW {kind}_facts AS {facts_body}")
     empty_ds = (
         "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS content_hash, NULL::VARCHAR AS parent_hash, "
         "NULL::VARCHAR AS config_hash, 0 AS n_subsets, 0::BIGINT AS n_rows, NULL::VARCHAR AS created_at WHERE false"

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from macpo import __version__
+from macpo import __version__, facts
 from macpo.errors import UserError
 from macpo.hashing import json_hash, table_hash
 from macpo.schema import conform
@@ -217,6 +217,8 @@ class Store:
             with ThreadPoolExecutor(1) as pool:
                 files = {s: pool.submit(self._write_shards, tmp, s, t) for s, (_, t) in conformed.items()}
                 entries, content_hash = self._hash(conformed)
+                if unless_same_as is None or unless_same_as[1] != content_hash:
+                    self._write_facts(tmp, conformed)
                 for subset, future in files.items():
                     entries[subset]["files"] = future.result()
             if unless_same_as is not None and unless_same_as[1] == content_hash:
@@ -268,13 +270,19 @@ class Store:
         return WriteResult(name, version, content_hash, created=False)
 
     @staticmethod
-    def _write_shards(tmp: Path, subset: str, table: pa.Table) -> list[str]:
-        (tmp / subset).mkdir()
+    def _shards(subset: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
+        """(path relative to the version, rows) of each Parquet shard of one subset."""
         n_shards = max(1, -(-table.num_rows // ROWS_PER_SHARD))
+        return [
+            (f"{subset}/train-{i:05d}-of-{n_shards:05d}.parquet", table.slice(i * ROWS_PER_SHARD, ROWS_PER_SHARD))
+            for i in range(n_shards)
+        ]
+
+    @classmethod
+    def _write_shards(cls, tmp: Path, subset: str, table: pa.Table) -> list[str]:
+        (tmp / subset).mkdir()
         files = []
-        for i in range(n_shards):
-            rel = f"{subset}/train-{i:05d}-of-{n_shards:05d}.parquet"
-            part = table.slice(i * ROWS_PER_SHARD, ROWS_PER_SHARD)
+        for rel, part in cls._shards(subset, table):
             with open(tmp / rel, "wb") as fh:
                 pq.write_table(part, fh, compression="snappy")
                 fh.flush()
@@ -282,6 +290,24 @@ class Store:
             files.append(rel)
         _fsync_dir(tmp / subset)
         return files
+
+    @classmethod
+    def _write_facts(cls, tmp: Path, conformed: dict) -> None:
+        """The per-row facts shards (macpo/facts.py) beside the data shards, same slicing."""
+        import duckdb
+
+        con = duckdb.connect(config={"threads": 1})  # the other core is writing Parquet
+        files = {}
+        for subset, (kind, table) in conformed.items():
+            (tmp / facts.FACTS_DIR / subset).mkdir(parents=True)
+            files[subset] = []
+            for rel, part in cls._shards(subset, table):
+                facts.write_facts_shard(facts.compute_facts(con, part, kind), tmp / facts.facts_path(rel))
+                files[subset].append(facts.facts_path(rel))
+            _fsync_dir(tmp / facts.FACTS_DIR / subset)
+        con.close()
+        facts.write_meta(tmp / facts.FACTS_DIR, files)
+        _fsync_dir(tmp / facts.FACTS_DIR)
 
     def write_next(self, name: str, subsets: Mapping[str, Subset], **kwargs) -> WriteResult:
         """Append a ``vN`` version unless the latest version has identical content."""

@@ -2,9 +2,7 @@
 -- 50%, DPO can learn "longer is better" instead of the preference.
 -- verdict: warn outside 35%-65%.
 WITH p AS (
-    SELECT coalesce(list_sum(list_transform(chosen, lambda m: strlen(m.content))), 0)
-         > coalesce(list_sum(list_transform(rejected, lambda m: strlen(m.content))), 0) AS longer
-    FROM pairs
+    SELECT chosen_bytes > rejected_bytes AS longer FROM pairs_facts
 )
 SELECT count(*) FILTER (WHERE longer) AS count,
        CASE WHEN count(*) = 0 THEN 'ok'
