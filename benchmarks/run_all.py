@@ -127,6 +127,14 @@ def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
         f"{table(rows)}\n"
     )
     README.write_text(header.rstrip() + "\n\n" + body)
+    # The project README shows the same table between two markers.
+    top = HERE.parent / "README.md"
+    if top.is_file() and TOP_START in (text := top.read_text()) and TOP_END in text:
+        before, rest = text.split(TOP_START, 1)
+        top.write_text(before + TOP_START + "\n" + table(rows) + "\n" + TOP_END + rest.split(TOP_END, 1)[1])
+
+
+TOP_START, TOP_END = "<!-- benchmark-table -->", "<!-- /benchmark-table -->"
 
 
 if __name__ == "__main__":
