@@ -63,9 +63,10 @@ def _check_name(what: str, value: str) -> str:
 
 
 def version_sort_key(version: str):
-    """Natural order: v2 < v10, round-2 < round-10."""
-    m = re.match(r"^(.*?)(\d+)$", version)
-    return (m.group(1), int(m.group(2))) if m else (version, -1)
+    """Natural order on every digit run: v2 < v10, round-2 < round-10, and the round-0 parts
+    (round-0-labels, round-0-teachers) right after round-0, before round-1."""
+    parts = re.split(r"(\d+)", version)  # text, digits, text, ...: types alternate the same way
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
 
 
 def dataset_hash(subsets: Mapping[str, Mapping[str, Any]]) -> str:

@@ -123,3 +123,19 @@ def test_manifest_is_json_and_files_are_parquet(tmp_path):
     m = json.loads((tmp_path / "run" / "round-0" / "manifest.json").read_text())
     for f in m["subsets"]["default"]["files"]:
         assert pq.read_metadata(tmp_path / "run" / "round-0" / f).num_rows == 2
+
+
+def test_versions_sort_naturally_and_latest_is_the_last_round(tmp_path):
+    from helpers import pairs_table
+
+    from macpo.store import version_sort_key
+
+    names = ["round-10", "round-0-teachers", "round-1", "round-0", "round-0-labels", "round-2", "v10", "v2"]
+    assert sorted(names, key=version_sort_key) == [
+        "round-0", "round-0-labels", "round-0-teachers", "round-1", "round-2", "round-10", "v2", "v10"
+    ]
+    s = Store(tmp_path / "s", create=True)
+    for i, version in enumerate(["round-0-teachers", "round-0-labels", "round-0", "round-1"]):
+        s.write("run", version, {"default": Subset("pairs", pairs_table([(f"q{i}", "a", "b")]))})
+    # `macpo train --data STORE:run` without a version takes the latest: round-1, not a round-0 part.
+    assert s.resolve("run") == ("run", "round-1")
