@@ -138,3 +138,51 @@ def test_killed_build_resumes_shards_with_the_same_hash(ci_run, tmp_path):
     r = subprocess.run(argv, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert Store(copy / "store").manifest(name, "round-1")["content_hash"] == expected
+
+
+def test_stored_reference_logps_train_like_the_reference_model(ci_run, tmp_path):
+    """`store_ref_logps: true`: the builder stores each learner's reference log-probs, and
+    training from them gives the per-step losses of training with the reference model."""
+    from macpo.config import load
+    from macpo.orchestrate import plan
+
+    out, _ = ci_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("round-1", ".work"))
+    name = next(n for n in Store(copy / "store").datasets() if not n.endswith(("-data", "-evals")))
+    cfg_path = copy / "run.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace(str(out), str(copy)))
+    r = subprocess.run([*MACPO, "build", "--config", str(cfg_path), "--round", "1", "--no-progress", *OVERRIDES,
+                        "--set", "store_ref_logps=true"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    def learner_pairs(store_out: Path):
+        rows = sql(store_out, f"SELECT subset, prompt_id, chosen_text, rejected_text, ref_chosen_logps, ref_rejected_logps "
+                              f"FROM pairs WHERE dataset = '{name}' AND version = 'round-1' ORDER BY ALL")
+        return [row[:4] for row in rows], [row[4:] for row in rows]
+
+    stored_pairs, stored_refs = learner_pairs(copy)
+    plain_pairs, plain_refs = learner_pairs(out)
+    assert stored_pairs == plain_pairs  # the same pairs, now with their reference log-probs
+    assert all(c is not None and r is not None and c < 0 and r < 0 for c, r in stored_refs)
+    assert all(c is None and r is None for c, r in plain_refs)
+
+    # The run's own student job for round 1, once on each store.
+    cfg = load(cfg_path)
+    step = next(s for s in plan(cfg, cfg_path) if s.name == "train agents round-1")
+    student_job = next(j for j in json.loads(step.argv[-1]) if j[j.index("--subset") + 1] == "student")
+    metrics = {}
+    for label, store_out in [("stored", copy), ("model", out)]:
+        argv = list(student_job)
+        argv[argv.index("--data") + 1] = str(store_out / "store")
+        argv[argv.index("--out") + 1] = str(tmp_path / f"student-{label}")
+        r = subprocess.run([*MACPO, "train", *argv], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        metrics[label] = json.loads((tmp_path / f"student-{label}" / "metrics.json").read_text())
+    assert "reference log-probs from the data" in metrics["stored"]["data"]
+    assert "reference log-probs from the data" not in metrics["model"]["data"]
+    # Even the first step checks the stored values: there the policy is the reference, so the DPO
+    # term is log 2 only if the stored log-probs are the reference model's.
+    assert len(metrics["stored"]["losses"]) == len(metrics["model"]["losses"]) >= 1
+    for a, b in zip(metrics["stored"]["losses"], metrics["model"]["losses"]):
+        assert abs(a - b) < 1e-4, (metrics["stored"]["losses"], metrics["model"]["losses"])
