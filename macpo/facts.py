@@ -73,8 +73,8 @@ def compute_facts(con, table: pa.Table, kind: str) -> pa.Table:
     """The facts of ``table``'s rows, in its row order and in :func:`fact_expressions` order.
 
     Keys come from DuckDB's ``hash`` itself (it is the definition); byte lengths and blank
-    flags are computed in Arrow, 3x cheaper than the SQL lambdas, with the same meaning (RE2's
-    ``\\S`` in both, null content counts as empty).
+    flags are computed in Arrow, about 2x cheaper than the SQL lambdas on one thread, with the
+    same meaning (RE2's ``\\S`` in both, null content counts as empty; tests/test_facts.py).
     """
     columns = message_columns(kind)
     con.register("_facts_source", table.select(columns))
@@ -180,6 +180,9 @@ def ensure_facts(version_dir: Path, manifest: dict, progress=None) -> bool:
         con.close()
         write_meta(tmp, files)
         old = version_dir / FACTS_DIR
+        if fact_files(version_dir, manifest) is not None:  # another audit indexed it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
         if old.exists():
             stale = version_dir / f".facts-stale-{uuid.uuid4().hex[:8]}"
             os.rename(old, stale)
