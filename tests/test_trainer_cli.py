@@ -162,3 +162,28 @@ def test_accelerate_configs_parse():
     kinds = {p.stem: load_config_from_file(str(p)).distributed_type for p in sorted(folder.glob("*.yaml"))}
     assert {k: str(v).split(".")[-1] for k, v in kinds.items()} == {
         "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED"}
+
+
+def test_two_cpu_processes_have_one_main_process_and_a_real_barrier(tmp_path):
+    """What run_training relies on for its output folder: under the launcher `macpo train
+    --launcher accelerate` builds, exactly one rank is main and wait_for_everyone waits."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        "from macpo.trainer.train import process_state\n"
+        "from macpo.trainer.train_config import TrainConfig\n"
+        "state = process_state(TrainConfig(data='x', model='x', out='x'))\n"
+        "if state.is_main_process:\n"
+        "    time.sleep(2)\n"
+        "start = time.time()\n"
+        "state.wait_for_everyone()\n"
+        "print(json.dumps({'rank': os.environ['RANK'], 'main': state.is_main_process, 'n': state.num_processes,\n"
+        "                  'waited': time.time() - start}), flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["main"], r["n"]) for r in ranks] == [("0", True, 2), ("1", False, 2)]
+    assert ranks[1]["waited"] > 1.0  # rank 1 waited for rank 0 at the barrier

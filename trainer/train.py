@@ -143,6 +143,19 @@ def prepare(cfg: TrainConfig, output_dir: str | os.PathLike) -> Session:
     return build_session(cfg, load_data(cfg), output_dir)
 
 
+def process_state(cfg: TrainConfig):
+    """accelerate's view of this process (rank, main or not, barrier), as the trainer will see it.
+
+    ``cpu=`` as TrainingArguments will say: without it, accelerate 1.15 reports
+    DistributedType.NO with one process on each rank of a CPU ``--multi_gpu`` launch, so every
+    rank thought it was the main one and the barrier did nothing (the ``.partial`` race once
+    seen in CI: rank 1 recreated the folder between rank 0's rmtree and mkdir).
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu(cfg))
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train one agent and write ``cfg.out``; returns the metrics written to metrics.json."""
     validate(cfg)
@@ -151,9 +164,7 @@ def run_training(cfg: TrainConfig) -> dict:
         raise UserError(f"--out {out} already exists (pass --overwrite to replace it)")
     data = load_data(cfg)
     check_model_path(cfg)
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state(cfg)
     tmp = out.parent / f".{out.name}.partial"
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
