@@ -168,17 +168,25 @@ def test_two_cpu_processes_have_one_main_process_and_a_real_barrier(tmp_path):
     """What run_training relies on for its output folder: under the launcher `macpo train
     --launcher accelerate` builds, exactly one rank is main and wait_for_everyone waits."""
     script = tmp_path / "ranks.py"
+    # Rank 1 announces it reached the barrier; rank 0 then writes a marker and only afterwards
+    # enters the barrier. Rank 1 finds the marker after the barrier only if the barrier waited.
     script.write_text(
-        "import json, os, sys, time\n"
+        "import json, os, pathlib, time\n"
         "from macpo.trainer.train import process_state\n"
         "from macpo.trainer.train_config import TrainConfig\n"
+        f"folder = pathlib.Path({str(tmp_path)!r})\n"
         "state = process_state(TrainConfig(data='x', model='x', out='x'))\n"
         "if state.is_main_process:\n"
-        "    time.sleep(2)\n"
-        "start = time.time()\n"
+        "    deadline = time.time() + 120\n"
+        "    while not (folder / 'arrived').exists() and time.time() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    time.sleep(0.5)\n"
+        "    (folder / 'marker').touch()\n"
+        "else:\n"
+        "    (folder / 'arrived').touch()\n"
         "state.wait_for_everyone()\n"
         "print(json.dumps({'rank': os.environ['RANK'], 'main': state.is_main_process, 'n': state.num_processes,\n"
-        "                  'waited': time.time() - start}), flush=True)\n"
+        "                  'marker': (folder / 'marker').exists()}), flush=True)\n"
     )
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
@@ -186,4 +194,4 @@ def test_two_cpu_processes_have_one_main_process_and_a_real_barrier(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
     assert [(r["rank"], r["main"], r["n"]) for r in ranks] == [("0", True, 2), ("1", False, 2)]
-    assert ranks[1]["waited"] > 1.0  # rank 1 waited for rank 0 at the barrier
+    assert ranks[1]["marker"]  # rank 1 waited at the barrier for rank 0
