@@ -17,5 +17,5 @@ WITH latest AS (
 )
 SELECT count(*) AS count,
        CASE WHEN count(*) = 0 THEN 'ok' ELSE 'warn' END AS verdict,
-       coalesce(string_agg(DISTINCT which, ', '), '') AS detail
+       coalesce(string_agg(DISTINCT which, ', ' ORDER BY which), '') AS detail
 FROM shared

@@ -13,6 +13,6 @@ WITH keyed AS NOT MATERIALIZED (
 )
 SELECT coalesce(sum(n - 1), 0)::BIGINT AS count,
        CASE WHEN count(*) = 0 THEN 'ok' ELSE 'warn' END AS verdict,
-       (SELECT coalesce(string_agg(DISTINCT dataset || '/' || version || '/' || subset, ', '), '')
+       (SELECT coalesce(string_agg(DISTINCT dataset || '/' || version || '/' || subset, ', ' ORDER BY dataset || '/' || version || '/' || subset), '')
         FROM keyed WHERE h IN (SELECT h FROM duplicated)) AS detail
 FROM duplicated
