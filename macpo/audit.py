@@ -4,6 +4,10 @@ An audit is a ``.sql`` file over the read-only views of ``macpo sql`` returning 
 with ``count``, ``verdict`` (ok / warn / fail / info) and ``detail``. The built-in ones live
 in ``macpo/audits/``; add your own with ``--audits-dir DIR`` or by dropping ``*.sql``
 files into ``STORE/.audits/``. The leading ``--`` comment lines are the description.
+
+The built-in audits read the ``*_facts`` views (per-row keys, byte lengths and blank flags of
+the message columns, written beside each version by ``Store.write``), not the text. Versions
+stored without them are indexed once, on first audit.
 """
 
 from __future__ import annotations
