@@ -185,13 +185,14 @@ def test_two_cpu_processes_have_one_main_process_and_a_real_barrier(tmp_path):
         "else:\n"
         "    (folder / 'arrived').touch()\n"
         "state.wait_for_everyone()\n"
-        "print(json.dumps({'rank': os.environ['RANK'], 'main': state.is_main_process, 'n': state.num_processes,\n"
-        "                  'marker': (folder / 'marker').exists()}), flush=True)\n"
+        "(folder / f\"rank-{os.environ['RANK']}.json\").write_text(json.dumps({'rank': os.environ['RANK'],\n"
+        "    'main': state.is_main_process, 'n': state.num_processes, 'marker': (folder / 'marker').exists()}))\n"
     )
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    # One file per rank: the two ranks' stdout lines can interleave in one pipe.
+    ranks = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     assert [(r["rank"], r["main"], r["n"]) for r in ranks] == [("0", True, 2), ("1", False, 2)]
     assert ranks[1]["marker"]  # rank 1 waited at the barrier for rank 0
