@@ -222,3 +222,17 @@ def smollm2() -> Path:
     from macpo.builder.models import smollm2_path
 
     return smollm2_path()
+
+
+def loaded_models(args):
+    """``(label, model, tokenizer)`` for each model this run covers: the tiny fixture model
+    (saved to a temporary folder while it is in use) and, in full runs, SmolLM2."""
+    import tempfile
+
+    from macpo.builder.models import load_model
+
+    if "tiny" in models(args):
+        with tempfile.TemporaryDirectory() as tmp:
+            yield ("tiny", *load_model(tiny_model(Path(tmp)), device="cpu"))
+    if "smollm2" in models(args):
+        yield ("smollm2", *load_model(smollm2(), device="cpu"))

@@ -10,8 +10,6 @@ Target ≥ 3.5×.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import common
 
@@ -86,15 +84,9 @@ def bench_model(label: str, model, tokenizer, n_prompts: int, args) -> None:
 def main(argv=None) -> int:
     args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
     common.single_thread()
-    from macpo.builder.models import load_model
-
-    if "tiny" in common.models(args):
-        with tempfile.TemporaryDirectory() as tmp:
-            model, tok = load_model(common.tiny_model(Path(tmp)), device="cpu")
-            bench_model("tiny", model, tok, 4 if args.smoke else 16, args)
-    if "smollm2" in common.models(args):
-        model, tok = load_model(common.smollm2(), device="cpu")
-        bench_model("smollm2", model, tok, 16, args)
+    sizes = {"tiny": 4 if args.smoke else 16, "smollm2": 16}  # prompts
+    for label, model, tok in common.loaded_models(args):
+        bench_model(label, model, tok, sizes[label], args)
     return 0
 
 

@@ -18,8 +18,6 @@ Timings are CPU time of this one-thread process (wall time is recorded too).
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -130,18 +128,10 @@ def bench_model(label: str, model, tokenizer, n_rows: int, lo: int, hi: int, arg
 def main(argv=None) -> int:
     args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
     common.single_thread()
-    from macpo.builder.models import load_model
-
-    if "tiny" in common.models(args):
-        with tempfile.TemporaryDirectory() as tmp:
-            model, tok = load_model(common.tiny_model(Path(tmp)), device="cpu")
-            if args.smoke:
-                bench_model("tiny", model, tok, 8, 20, 60, args)
-            else:
-                bench_model("tiny", model, tok, 64, 158, 299, args)
-    if "smollm2" in common.models(args):
-        model, tok = load_model(common.smollm2(), device="cpu")
-        bench_model("smollm2", model, tok, 32, 33, 180, args)
+    # (rows, fewest tokens, most tokens) per model
+    sizes = {"tiny": (8, 20, 60) if args.smoke else (64, 158, 299), "smollm2": (32, 33, 180)}
+    for label, model, tok in common.loaded_models(args):
+        bench_model(label, model, tok, *sizes[label], args)
     return 0
 
 

@@ -171,12 +171,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from macpo.cliutil import run_script
 
-    from macpo.errors import UserError
-
-    try:
-        raise SystemExit(main(sys.argv[1:]))
-    except UserError as exc:
-        sys.stderr.write(f"sandbox: error: {exc}\n")
-        raise SystemExit(2)
+    run_script("sandbox", main)

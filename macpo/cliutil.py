@@ -33,3 +33,13 @@ def parse_kv(items: list[str] | None) -> dict[str, str]:
             raise UserError(f"--set expects key=value, got {item!r}")
         out[key.strip()] = value
     return out
+
+
+def run_script(prog: str, main) -> None:
+    """``if __name__ == "__main__"`` for modules run with ``python -m``: ``main(argv)``'s code, or a
+    one-line error and exit 2 for a UserError, as ``macpo <command>`` does."""
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except UserError as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        raise SystemExit(2) from None

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from macpo.fsutil import fsync_dir
 from macpo.schema import KINDS, MESSAGES
 
 FACTS_DIR = ".facts"
@@ -155,30 +156,48 @@ def fact_files(version_dir: Path, manifest: dict) -> dict[str, list[Path]] | Non
     return out
 
 
+def write_facts_dir(facts_dir: Path, shards, progress=None) -> None:
+    """Compute and write the facts shards of ``shards`` — ``(subset, kind, rel, rows)`` tuples,
+    ``rel`` being the data shard's path relative to the version — plus ``facts.json``, all
+    fsynced, into ``facts_dir`` (a version's ``.facts`` or a temporary folder renamed to it)."""
+    import duckdb
+
+    facts_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"threads": 1})  # Store.write: the other core is writing Parquet
+    files: dict[str, list[str]] = {}
+    try:
+        for subset, kind, rel, rows in shards:
+            if subset not in files:
+                (facts_dir / subset).mkdir(parents=True)
+                files[subset] = []
+            write_facts_shard(compute_facts(con, rows, kind), facts_dir / rel)
+            files[subset].append(facts_path(rel))
+            if progress is not None:
+                progress()
+    finally:
+        con.close()
+    for subset in files:
+        fsync_dir(facts_dir / subset)
+    write_meta(facts_dir, files)
+    fsync_dir(facts_dir)
+
+
 def ensure_facts(version_dir: Path, manifest: dict, progress=None) -> bool:
     """Write the facts of an already committed version unless valid ones exist.
 
     Built in a temporary folder and renamed into place, so a crash leaves either no facts or
     complete ones. Returns True when facts were written.
     """
-    import duckdb
-
     if fact_files(version_dir, manifest) is not None:
         return False
     tmp = version_dir / f".facts-tmp-{uuid.uuid4().hex[:8]}"
+    shards = (
+        (subset, entry["kind"], rel, pq.read_table(version_dir / rel, columns=message_columns(entry["kind"])))
+        for subset, entry in manifest["subsets"].items()
+        for rel in entry["files"]
+    )
     try:
-        con = duckdb.connect(config={"threads": 1})
-        files = {}
-        for subset, entry in manifest["subsets"].items():
-            (tmp / subset).mkdir(parents=True)
-            for rel in entry["files"]:
-                table = pq.read_table(version_dir / rel, columns=message_columns(entry["kind"]))
-                write_facts_shard(compute_facts(con, table, entry["kind"]), tmp / rel)
-                if progress is not None:
-                    progress()
-            files[subset] = [facts_path(rel) for rel in entry["files"]]
-        con.close()
-        write_meta(tmp, files)
+        write_facts_dir(tmp, shards, progress)
         old = version_dir / FACTS_DIR
         if fact_files(version_dir, manifest) is not None:  # another audit indexed it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)

@@ -68,45 +68,46 @@ def _text_columns(kind: str) -> str:
             base = field.name.removesuffix("_response") if field.name == "self_response" else field.name
             # Role-prefixed for prompts (they can be multi-turn), bare content for responses.
             if field.name == "prompt":
-                expr = f"array_to_string(list_transform(prompt, lambda m: m.role || ': ' || m.content), '\n')"
+                expr = "array_to_string(list_transform(prompt, lambda m: m.role || ': ' || m.content), '\n')"
             else:
                 expr = f"array_to_string(list_transform({field.name}, lambda m: m.content), '\n')"
             cols.append(f"{expr} AS {base}_text")
     return (", " + ", ".join(cols)) if cols else ""
 
 
-def _empty_select(con, kind: str) -> str:
+def _empty_table(con, kind: str) -> str:
+    """An empty table of ``kind``'s schema, registered under a fixed name (re-registering
+    replaces it); views over no data select from it."""
     import pyarrow as pa
 
     name = f"_empty_{kind}"
     con.register(name, pa.Table.from_pylist([], schema=KINDS[kind]))
-    return f"SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset, *{_text_columns(kind)} FROM {name}"
+    return name
 
 
 _EMPTY_LABEL = "NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset"
 
 
-def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Path] | None, con=None) -> str:
+def _facts_select(kind: str, label: str, source: str) -> str:
+    """``KIND_facts`` rows computed from the text of ``source``."""
+    scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
+    return f"SELECT {label}, {scalars}, {fact_select_list(kind)} FROM {source}"
+
+
+def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Path] | None) -> str:
     """SELECT of one subset's ``KIND_facts`` rows: the stored facts shards side by side with the
     data shards' scalar columns when valid, else the same facts computed from the text."""
+    if not stored:
+        return _facts_select(kind, label, "read_parquet([" + ", ".join(_q(d.resolve()) for d in data_files) + "])")
     scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
     names = ", ".join(name for name, _ in fact_expressions(kind))
-    if stored:
-        # POSITIONAL JOIN pairs row i of a data shard with row i of its facts shard; DuckDB
-        # still reads only the columns a query uses from either side.
-        return " UNION ALL ".join(
-            f"SELECT {label}, {scalars}, {names} FROM (SELECT {scalars} FROM read_parquet({_q(d.resolve())})) "
-            f"POSITIONAL JOIN read_parquet({_q(f.resolve())})"
-            for d, f in zip(data_files, stored)
-        )
-    if not data_files:  # no subset of this kind anywhere: an empty view with the right columns
-        import pyarrow as pa
-
-        con.register(f"_empty_facts_{kind}", pa.Table.from_pylist([], schema=KINDS[kind]))
-        source = f"_empty_facts_{kind}"
-    else:
-        source = "read_parquet([" + ", ".join(_q(d.resolve()) for d in data_files) + "])"
-    return f"SELECT {label}, {scalars}, {fact_select_list(kind)} FROM {source}"
+    # POSITIONAL JOIN pairs row i of a data shard with row i of its facts shard; DuckDB still
+    # reads only the columns a query uses from either side.
+    return " UNION ALL ".join(
+        f"SELECT {label}, {scalars}, {names} FROM (SELECT {scalars} FROM read_parquet({_q(d.resolve())})) "
+        f"POSITIONAL JOIN read_parquet({_q(f.resolve())})"
+        for d, f in zip(data_files, stored)
+    )
 
 
 def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
@@ -140,9 +141,10 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
                 f"{_q(kind)} AS kind, {entry['rows']}::BIGINT AS n_rows, {_q(entry['content_hash'])} AS content_hash"
             )
     for kind, selects in per_kind.items():
-        body = " UNION ALL ".join(selects) if selects else _empty_select(con, kind)
+        empty = not selects
+        body = " UNION ALL ".join(selects) if selects else f"SELECT {_EMPTY_LABEL}, *{_text_columns(kind)} FROM {_empty_table(con, kind)}"
         con.execute(f"CREATE VIEW {kind} AS {body}")
-        facts_body = " UNION ALL ".join(per_kind_facts[kind]) if per_kind_facts[kind] else _facts_source(kind, _EMPTY_LABEL, [], None, con)
+        facts_body = _facts_select(kind, _EMPTY_LABEL, _empty_table(con, kind)) if empty else " UNION ALL ".join(per_kind_facts[kind])
         con.execute(f"CREATE VIEW {kind}_facts AS {facts_body}")
     empty_ds = (
         "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS content_hash, NULL::VARCHAR AS parent_hash, "

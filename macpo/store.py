@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from macpo import __version__, facts
 from macpo.errors import UserError
+from macpo.fsutil import fsync_dir
 from macpo.hashing import json_hash, table_hash
 from macpo.schema import conform
 
@@ -72,14 +73,6 @@ def version_sort_key(version: str):
 def dataset_hash(subsets: Mapping[str, Mapping[str, Any]]) -> str:
     """A version's content hash: over each subset's kind and order-independent row hash."""
     return json_hash({name: {"kind": s["kind"], "hash": s["content_hash"]} for name, s in subsets.items()})
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -246,7 +239,7 @@ class Store:
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -255,7 +248,7 @@ class Store:
                     shutil.rmtree(tmp, ignore_errors=True)
                     return self._existing(name, version, content_hash)
                 raise
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -289,26 +282,14 @@ class Store:
                 fh.flush()
                 os.fsync(fh.fileno())
             files.append(rel)
-        _fsync_dir(tmp / subset)
+        fsync_dir(tmp / subset)
         return files
 
     @classmethod
     def _write_facts(cls, tmp: Path, conformed: dict) -> None:
         """The per-row facts shards (macpo/facts.py) beside the data shards, same slicing."""
-        import duckdb
-
-        con = duckdb.connect(config={"threads": 1})  # the other core is writing Parquet
-        files = {}
-        for subset, (kind, table) in conformed.items():
-            (tmp / facts.FACTS_DIR / subset).mkdir(parents=True)
-            files[subset] = []
-            for rel, part in cls._shards(subset, table):
-                facts.write_facts_shard(facts.compute_facts(con, part, kind), tmp / facts.facts_path(rel))
-                files[subset].append(facts.facts_path(rel))
-            _fsync_dir(tmp / facts.FACTS_DIR / subset)
-        con.close()
-        facts.write_meta(tmp / facts.FACTS_DIR, files)
-        _fsync_dir(tmp / facts.FACTS_DIR)
+        shards = ((subset, kind, rel, part) for subset, (kind, table) in conformed.items() for rel, part in cls._shards(subset, table))
+        facts.write_facts_dir(tmp / facts.FACTS_DIR, shards)
 
     def write_next(self, name: str, subsets: Mapping[str, Subset], **kwargs) -> WriteResult:
         """Append a ``vN`` version unless the latest version has identical content."""

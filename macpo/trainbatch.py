@@ -9,7 +9,6 @@ on a CPU dominates tiny-model training (research/sandbox.md timings).
 from __future__ import annotations
 
 import json
-import sys
 
 from macpo.errors import UserError
 
@@ -33,8 +32,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main(sys.argv[1:]))
-    except UserError as exc:
-        sys.stderr.write(f"macpo train: error: {exc}\n")
-        raise SystemExit(2)
+    from macpo.cliutil import run_script
+
+    run_script("macpo train", main)
