@@ -260,6 +260,9 @@ def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
                       "nll_weight", "alpha", "max_length", "seed", "ref")
         },
         "final_step": {k: v for k, v in last.items() if k not in ("loss", "step", "epoch")},
+        # TRL's per-step DPO reward accuracy/margin: the report's pair diagnostics read them.
+        "reward_history": [{k: v for k, v in h.items() if k.startswith("rewards/")} for h in history
+                           if any(k.startswith("rewards/") for k in h)],
         "world_size": trainer.accelerator.num_processes,
         "seconds": round(seconds, 3),
         "seconds_per_step": round(seconds / steps, 4) if steps else None,
