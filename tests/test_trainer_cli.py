@@ -161,7 +161,7 @@ def test_accelerate_configs_parse():
     folder = Path(__file__).resolve().parents[1] / "trainer" / "accelerate_configs"
     kinds = {p.stem: load_config_from_file(str(p)).distributed_type for p in sorted(folder.glob("*.yaml"))}
     assert {k: str(v).split(".")[-1] for k, v in kinds.items()} == {
-        "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED"}
+        "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED", "multi_node_ddp": "MULTI_GPU"}
 
 
 def test_two_cpu_processes_have_one_main_process_and_a_real_barrier(tmp_path):
