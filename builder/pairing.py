@@ -18,15 +18,20 @@ MACPO (research/macpo.md §2, one pair per prompt per learner):
 - rejected = the learner's own hard negative (``rejected_agent`` = ``"<learner>-neg"``).
 - ``mutual_positive=False`` (-MP): the student's chosen is its own sample-0 candidate
   (pair_type ``"self-positive"``); teachers are unchanged.
-- ``hard_negative=False`` (-HN): rejected = the learner's own *plain* candidate with
-  ``sample_index`` 1 (generate n >= 2 per agent), ``rejected_agent`` = the learner.
+- ``negative="self"``: rejected = the learner's own *plain* candidate with ``sample_index`` 1
+  (generate n >= 2 per agent), ``rejected_agent`` = the learner. A SPIN-like contrast against
+  the agent's own samples; not the paper's -HN.
+- ``negative="none"`` (the paper's -HN): no rejected side. The pairs still carry the
+  positives (``rejected`` = chosen as a placeholder, never trained on); :func:`positives_sft`
+  turns them into the ``sft`` table each learner trains on with NLL.
 
 Missing inputs: a prompt lacking any required row (a sample-0 candidate of any agent, a hard
-negative, or a sample-1 candidate under -HN) is incomplete. With ``strict=True`` (default)
-that raises a UserError naming the count and a few prompt ids; with ``strict=False`` such
+negative, or a sample-1 candidate under ``negative="self"``) is incomplete. With ``strict=True`` (default)
+that raises a PairingError naming the count and a few prompt ids; with ``strict=False`` such
 prompts are dropped from *every* subset (so learners stay aligned on the same prompts) and
 listed in ``Pairing.dropped``. A candidate the rule must rank but that carries no
-familiarity score from ``"student"`` is a builder bug and always raises.
+familiarity score from ``"student"`` is a builder bug and always raises. Every such error is a
+:class:`PairingError` (a ``ValueError``), never a ``UserError``: it shows its traceback.
 
 Rows come out sorted by prompt_id; ``pair_id`` hashes (round, learner, prompt_id) for
 MACPO and (round, learner, source pair_id) for SPAC/SPIN.
@@ -42,11 +47,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from macpo.errors import UserError
 from macpo.schema import SCORE, conform
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
 STUDENT = "student"
+
+
+class PairingError(ValueError):
+    """Inputs that break a pairing invariant. The builder produces these tables, so this is a bug
+    (in the builder or in a caller's hand-made tables), reported with its traceback."""
 
 
 class Pairing(dict):
@@ -92,7 +101,7 @@ def ppl_under(candidates: pa.Table, scorer: str) -> pa.Array:
     entries = familiarity_entries(candidates)
     entries = entries.filter(pc.fill_null(pc.equal(entries.column("scorer"), scorer), False))
     if pc.count_distinct(entries.column("row")).as_py() != entries.num_rows:
-        raise UserError(f"candidates: some familiarity lists score {scorer!r} twice")
+        raise PairingError(f"candidates: some familiarity lists score {scorer!r} twice")
     where = pc.index_in(pa.array(np.arange(candidates.num_rows)), value_set=entries.column("row"))
     return pc.take(entries.column("ppl"), where).combine_chunks()
 
@@ -106,16 +115,16 @@ def attach_familiarity(candidates: pa.Table, scores: pa.Table) -> pa.Table:
     """
     ids = candidates.column("candidate_id").combine_chunks()
     if pc.count_distinct(ids).as_py() != len(ids):
-        raise UserError("candidates: candidate_id values are not unique")
+        raise PairingError("candidates: candidate_id values are not unique")
     rows = pc.index_in(scores.column("candidate_id"), value_set=ids)
     if rows.null_count:
-        raise UserError(f"familiarity scores name {rows.null_count} unknown candidate id(s)")
+        raise PairingError(f"familiarity scores name {rows.null_count} unknown candidate id(s)")
     new = pa.table({"row": rows.cast(pa.int64()), "scorer": scores.column("scorer").cast(pa.string()),
                     "ppl": scores.column("ppl").cast(pa.float64())})
     entries = pa.concat_tables([familiarity_entries(candidates), new]).combine_chunks()
     keys = pc.binary_join_element_wise(entries.column("row").cast(pa.string()), entries.column("scorer"), "\x1f")
     if pc.count_distinct(keys).as_py() != entries.num_rows:
-        raise UserError("familiarity: a candidate has two scores from the same scorer")
+        raise PairingError("familiarity: a candidate has two scores from the same scorer")
     entries = entries.sort_by([("row", "ascending"), ("scorer", "ascending")])
     counts = np.bincount(entries.column("row").to_numpy(), minlength=candidates.num_rows)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
@@ -132,7 +141,7 @@ def _single_round(table: pa.Table, what: str, expected: int | None) -> int:
     rounds = pc.unique(table.column("round")).to_pylist()
     if len(rounds) != 1 or (expected is not None and rounds[0] != expected):
         wanted = "one round" if expected is None else f"round {expected}"
-        raise UserError(f"{what}: expected rows of {wanted}, found rounds {sorted(rounds)}")
+        raise PairingError(f"{what}: expected rows of {wanted}, found rounds {sorted(rounds)}")
     return int(rounds[0])
 
 
@@ -141,7 +150,7 @@ def _rows(table: pa.Table, mask: pa.Array, what: str) -> pa.Table:
     keyed = pa.table({"prompt_id": table.column("prompt_id"), "row": pa.array(np.arange(table.num_rows))})
     keyed = keyed.filter(mask)
     if keyed.num_rows != pc.count_distinct(keyed.column("prompt_id")).as_py():
-        raise UserError(f"{what}: more than one row for the same prompt")
+        raise PairingError(f"{what}: more than one row for the same prompt")
     return keyed
 
 
@@ -171,7 +180,7 @@ def _check_complete(prompts: pa.Array, parts: dict[str, pa.Array], strict: bool)
     missing = pc.filter(prompts, pa.array(~ok)).to_pylist()
     if missing and strict:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-        raise UserError(
+        raise PairingError(
             f"{len(missing)} prompt(s) lack inputs for pairing ({'; '.join(reasons)}): {shown} "
             "(pass strict=False to drop them)"
         )
@@ -186,7 +195,7 @@ def macpo_pairs(
     student: str = STUDENT,
     teachers: Sequence[str] | None = None,
     mutual_positive: bool = True,
-    hard_negative: bool = True,
+    negative: str = "hard",
     strict: bool = True,
 ) -> Pairing:
     """MACPO pairs for the student and every teacher from one round's candidates (see module doc).
@@ -197,20 +206,25 @@ def macpo_pairs(
     round_ = _single_round(candidates, "candidates", round_)
     teachers = list(teachers) if teachers is not None else teacher_order(candidates, student)
     if not teachers:
-        raise UserError("candidates: no teacher candidates found")
+        raise PairingError("candidates: no teacher candidates found")
     learners = [student, *teachers]
     agent, index = candidates.column("agent"), candidates.column("sample_index")
     sample = lambda a, i: pc.and_(pc.equal(agent, a), pc.equal(index, i))  # noqa: E731
     primary = {a: _rows(candidates, sample(a, 0), f"candidates of {a}") for a in learners}
+    if negative not in ("hard", "self", "none"):
+        raise ValueError(f"negative must be 'hard', 'self' or 'none', got {negative!r}")
+    hard_negative = negative == "hard"
     if hard_negative:
         if hard_negatives is None:
-            raise UserError("hard_negative=True needs a hard_negatives table")
+            raise PairingError("negative='hard' needs a hard_negatives table")
         negatives = {
             a: _rows(hard_negatives, pc.equal(hard_negatives.column("agent"), a), f"hard negatives of {a}")
             for a in learners
         }
-    else:
+    elif negative == "self":
         negatives = {a: _rows(candidates, sample(a, 1), f"sample-1 candidates of {a}") for a in learners}
+    else:
+        negatives = {}
 
     prompt_sources = [candidates.column("prompt_id")]
     if hard_negative:
@@ -218,7 +232,7 @@ def macpo_pairs(
     prompts = pc.unique(pa.chunked_array([c for s in prompt_sources for c in s.chunks], pa.string())).sort()
     parts = {f"a sample-0 candidate of {a}": _align(prompts, primary[a]) for a in learners}
     what = "a hard negative" if hard_negative else "a sample-1 candidate"
-    parts.update({f"{what} of {a}": _align(prompts, negatives[a]) for a in learners})
+    parts.update({f"{what} of {a}": _align(prompts, negatives[a]) for a in negatives})
     keep, dropped = _check_complete(prompts, parts, strict)
     prompts = prompts.filter(keep)
 
@@ -231,7 +245,8 @@ def macpo_pairs(
             chosen = _align(prompts, primary[student])
             chosen_ppl = pc.take(ppl_under(candidates, learner), chosen)
             pair_type = "self-positive" if learner == student else "mutual-positive"
-        rejected = _align(prompts, negatives[learner])
+        # negative="none": the chosen row stands in for the rejected side; positives_sft drops it.
+        rejected = _align(prompts, negatives[learner]) if negatives else chosen
         subsets[learner] = _assemble(
             candidates, chosen, chosen_ppl, hard_negatives if hard_negative else candidates, rejected,
             learner=learner, round_=round_, pair_type=pair_type, hard_negative=hard_negative,
@@ -250,7 +265,7 @@ def _least_perplexing(candidates, prompts, teachers, primary, student) -> tuple[
     pool = pa.concat_tables(pools)
     unscored = pool.filter(pc.is_null(pool.column("ppl")))
     if unscored.num_rows:
-        raise UserError(
+        raise PairingError(
             f"{unscored.num_rows} teacher candidate(s) have no familiarity score from {student!r}, "
             f"e.g. prompt {unscored.column('prompt_id')[0].as_py()!r}; score them before pairing"
         )
@@ -289,6 +304,23 @@ def _assemble(candidates, chosen, chosen_ppl, rejected_source, rejected, *, lear
     return conform(table, "pairs", f"round {round_} pairs for {learner}")
 
 
+def positives_sft(pairs: pa.Table) -> pa.Table:
+    """A learner's positives as an ``sft`` table (the paper's -HN trains NLL on them alone)."""
+    table = pa.table(
+        {
+            "example_id": pairs.column("pair_id"),
+            "prompt_id": pairs.column("prompt_id"),
+            "round": pairs.column("round"),
+            "agent": pairs.column("agent"),
+            "prompt": pairs.column("prompt"),
+            "completion": pairs.column("chosen"),
+            "source_agent": pairs.column("chosen_agent"),
+            **{c: pairs.column(c) for c in SAMPLING_COLUMNS},
+        }
+    )
+    return conform(table, "sft", "positives")
+
+
 def self_play_pairs(
     preferences: pa.Table,
     candidates: pa.Table,
@@ -309,7 +341,7 @@ def self_play_pairs(
     round = the candidates' round; missing candidates as in :func:`macpo_pairs`.
     """
     if pair_type not in ("spac", "spin", "dpo"):
-        raise UserError(f"self-play pair_type must be 'spac', 'spin' or 'dpo', got {pair_type!r}")
+        raise PairingError(f"self-play pair_type must be 'spac', 'spin' or 'dpo', got {pair_type!r}")
     round_ = _single_round(candidates, "candidates", round_)
     mask = pc.and_(pc.equal(candidates.column("agent"), agent), pc.equal(candidates.column("sample_index"), 0))
     own = _rows(candidates, mask, f"candidates of {agent}")

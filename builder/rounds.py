@@ -89,12 +89,28 @@ class RoundBuilder:
 
         s = self.cfg.sampling
         seed = derive_seed(s.seed, self.cfg.seed, round_, agent, shard)
-        n = s.n if self.cfg.hard_negative or self.cfg.method != "macpo" else max(s.n, 2)
+        # negative: self contrasts with the agent's second plain sample, so it needs two.
+        n = max(s.n, 2) if self.cfg.negative == "self" and self.cfg.method == "macpo" else s.n
         if greedy:
             return SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens, n=1, seed=seed)
         return SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, n, seed)
 
     # ---- sharded, resumable generation ---------------------------------------------------
+    def generator(self, agent: str, model_path: Path, batch_size: int | None = None):
+        """The run's generation backend loaded with ``agent``'s model (revision and GGUF file honoured)."""
+        from macpo.builder.generate import generator_for
+
+        return generator_for(self.cfg.generation, self.layout.model_source(agent, model_path),
+                             batch_size=batch_size or self.cfg.sampling.batch_size, progress=self.progress,
+                             seed=self.cfg.sampling.seed)
+
+    def scorer(self, agent: str, model_path: Path):
+        """``(model, tokenizer)`` of ``agent`` for perplexity scoring (revision and GGUF file honoured)."""
+        from macpo.builder.models import load_model
+
+        source = self.layout.model_source(agent, model_path)
+        return load_model(source.path, revision=source.revision, gguf_file=source.gguf_file)
+
     def generate(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy=False):
         """Candidates of ``agent`` on every prompt, one Parquet checkpoint per shard."""
         import pyarrow as pa
@@ -114,9 +130,7 @@ class RoundBuilder:
                 tables.append(pq.read_table(path))
                 continue
             if generator is None:
-                from macpo.builder.generate import TransformersGenerator
-
-                generator = TransformersGenerator.load(model_path, batch_size=self.cfg.sampling.batch_size, progress=self.progress)
+                generator = self.generator(agent, model_path)
             prompts = part.column("prompt").to_pylist()
             outputs = generator.generate(prompts, params)
             rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
@@ -161,9 +175,7 @@ class RoundBuilder:
                 out.append(pq.read_table(path))
                 continue
             if model is None:
-                from macpo.builder.models import load_model
-
-                model, tokenizer = load_model(model_path)
+                model, tokenizer = self.scorer(scorer, model_path)
             s = score(model, tokenizer, part.column("prompt").to_pylist(), part.column("response").to_pylist(),
                       progress=self.progress, desc=f"score under {scorer}")
             table = pa.table({"candidate_id": part.column("candidate_id"), "scorer": [scorer] * part.num_rows, "ppl": pa.array(s.ppl, pa.float64())})
@@ -249,7 +261,7 @@ class RoundBuilder:
 
         version = f"round-{n}"
         previous = "round-0" if n == 1 else f"round-{n - 1}"
-        hard_negatives = self._round("round-0", "hard-negatives")
+        hard_negatives = self._round("round-0", "hard-negatives") if self.cfg.negative == "hard" else None
         self._require(previous)
         q = self.data("q")
         models = {a: self.layout.require_model(a, n - 1) for a in self.cfg.agent_names()}
@@ -261,11 +273,14 @@ class RoundBuilder:
             scores.append(self.score(version, t, models[t], candidates.filter(is_student)))
         candidates = pairing.attach_familiarity(candidates, _concat(scores))
         pairs = pairing.macpo_pairs(
-            candidates, hard_negatives, round_=n,
-            mutual_positive=self.cfg.mutual_positive, hard_negative=self.cfg.hard_negative,
+            candidates, hard_negatives if self.cfg.negative == "hard" else None, round_=n,
+            mutual_positive=self.cfg.mutual_positive, negative=self.cfg.negative,
         )
         subsets = {"candidates": Subset("candidates", candidates)}
         for learner, table in pairs.items():
+            if self.cfg.negative == "none":  # the paper's -HN: SFT on the positives, no rejected side
+                subsets[learner] = Subset("sft", pairing.positives_sft(table))
+                continue
             if self.cfg.store_ref_logps:
                 table = self._with_ref_logps(table, learner, n)
             subsets[learner] = Subset("pairs", table)
@@ -294,12 +309,13 @@ class RoundBuilder:
         """Reference log-probs under the learner's DPO reference, so training skips the ref model."""
         import pyarrow as pa
 
-        from macpo.builder.models import load_model
         from macpo.builder.score import score_pairs
 
         stage = self.cfg.train["dpo"]
+        # The same reference the trainer would build: `previous` = the start-of-round policy,
+        # `base` = the agent's pretrained base weights (with its revision and GGUF file).
         ref = self.layout.require_model(learner, n - 1) if stage.ref == "previous" else self.layout.base_model(learner)
-        model, tokenizer = load_model(ref)
+        model, tokenizer = self.scorer(learner, ref)
         prompts = table.column("prompt").to_pylist()
         chosen, rejected = score_pairs(model, tokenizer, prompts, table.column("chosen").to_pylist(),
                                        table.column("rejected").to_pylist(), max_length=stage.max_length, progress=self.progress)
@@ -316,17 +332,20 @@ class RoundBuilder:
         return self.store.manifest(self.layout.rounds_dataset, version)["content_hash"]
 
     def _write(self, version, subsets, parent, models=None):
+        from macpo.builder.generate import backend_record
+
         data_name, data_version = self.store.resolve(self.layout.data_dataset)
         return self.store.write(
             self.layout.rounds_dataset, version, subsets, parent_hash=parent, config=self.cfg.to_dict(),
             models={**{a: self._model_record(a) for a in self.cfg.agent_names()}, **({"used": models} if models else {})},
-            extra={"method": self.cfg.method, "data": {"dataset": data_name, "version": data_version,
+            extra={"method": self.cfg.method, "generation": backend_record(self.cfg.generation),
+                   "data": {"dataset": data_name, "version": data_version,
                                                       "content_hash": self.store.manifest(data_name, data_version)["content_hash"]}},
         )
 
     def _model_record(self, agent: str) -> dict:
-        spec = self.cfg.student if agent == "student" else self.cfg.teachers[int(agent.split("-")[1])]
-        return {"model": spec.model, "revision": spec.revision}
+        spec = self.layout.agent_spec(agent)
+        return {"model": spec.model, "revision": spec.revision, "gguf_file": spec.gguf_file}
 
 
 def _eq(column, value):

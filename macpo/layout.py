@@ -16,10 +16,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from macpo.config import RunConfig
 from macpo.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to load: a folder or Hub id, plus the revision and GGUF file its base loads with."""
+
+    path: str
+    revision: str | None = None
+    gguf_file: str | None = None
+
+    def record(self) -> dict:
+        return {"model": self.path, "revision": self.revision, "gguf_file": self.gguf_file}
 
 
 class RunLayout:
@@ -46,16 +59,28 @@ class RunLayout:
     def model_dir(self, agent: str, round_: int) -> Path:
         return self.out / "models" / f"round-{round_}" / agent
 
-    def base_model(self, agent: str) -> str:
-        """The configured base model of ``agent`` (``student``, ``teacher-k``, or their ``-neg``)."""
+    def agent_spec(self, agent: str):
+        """The configured AgentSpec of ``agent`` (``student``, ``teacher-k``, or their ``-neg``)."""
         name = agent.removesuffix("-neg")
         if name == "student":
-            spec = self.cfg.student
-        else:
-            try:
-                spec = self.cfg.teachers[int(name.split("-")[1])]
-            except (IndexError, ValueError):
-                raise UserError(f"unknown agent {agent!r}") from None
+            return self.cfg.student
+        try:
+            return self.cfg.teachers[int(name.split("-")[1])]
+        except (IndexError, ValueError):
+            raise UserError(f"unknown agent {agent!r}") from None
+
+    def model_source(self, agent: str, path: Path | str) -> ModelSource:
+        """How to load ``path`` for ``agent``: a trained full-model folder loads as it is; the base
+        model and LoRA adapter folders (whose base it is) load with the agent's revision and GGUF file."""
+        spec = self.agent_spec(agent)
+        full_local = Path(path).is_dir() and (Path(path) / "config.json").is_file() and str(path) != spec.model
+        if full_local:
+            return ModelSource(str(path))
+        return ModelSource(str(path), spec.revision, spec.gguf_file)
+
+    def base_model(self, agent: str) -> str:
+        """The configured base model of ``agent`` (``student``, ``teacher-k``, or their ``-neg``)."""
+        spec = self.agent_spec(agent)
         if spec.model.startswith("sandbox:"):
             raise UserError(f"{agent}: sandbox model {spec.model!r} was not resolved; run through macpo run/demo")
         return spec.model

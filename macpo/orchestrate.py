@@ -9,6 +9,7 @@ output exists; an interrupted build resumes from its shard checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from macpo.cliutil import make_parser, parse_kv
-from macpo.config import RunConfig, TrainStage
+from macpo.config import RunConfig
 from macpo.errors import UserError
 from macpo.hashing import json_hash
 from macpo.layout import RunLayout
@@ -42,22 +43,31 @@ class Step:
     config_sections: tuple[str, ...] = ()
 
 
-def _train_argv(layout: RunLayout, stage: TrainStage, *, agent: str, version: str, subset: str, start: Path | str,
-                lora_from: Path | None, out: Path, seed: int, loss: str | None = None) -> list[str]:
-    argv = [
-        *CLI, "train", "--data", str(layout.store_dir), "--dataset", layout.rounds_dataset, "--version", version,
-        "--subset", subset, "--model", str(start), "--loss", loss or stage.loss, "--out", str(out), "--overwrite",
-        "--lr", repr(stage.lr), "--epochs", repr(stage.epochs), "--max_steps", str(stage.max_steps),
-        "--batch_size", str(stage.batch_size), "--grad_accum", str(stage.grad_accum), "--beta", repr(stage.beta),
-        "--nll_weight", repr(stage.nll_weight), "--alpha", repr(stage.alpha), "--lora_r", str(stage.lora_r),
-        "--lora_alpha", str(stage.lora_alpha), "--ref", stage.ref, "--max_length", str(stage.max_length),
-        "--seed", str(seed),
-    ]
-    if stage.lora_r > 0:
-        argv += ["--lora_targets", *stage.lora_targets]
-    if lora_from is not None:
-        argv += ["--adapter", str(lora_from)]
-    return argv
+def train_job(cfg: RunConfig, layout: RunLayout, stage_name: str, *, agent: str, round_: int, version: str,
+              subset: str, start_from: str | None) -> dict:
+    """One trainer job: the stage's TrainConfig with this job's fields filled in, as a plain dict.
+
+    No flag list: every field of the stage reaches the trainer as it is (``macpo.trainbatch``
+    rebuilds the TrainConfig from this dict). Full fine-tuning continues from the previous model
+    folder; LoRA continues the previous adapter on the base weights. ``ref: base`` always means the
+    agent's pretrained base weights, so a full fine-tune that starts from a previous folder gets
+    them as ``ref_model``.
+    """
+    stage = cfg.train[stage_name]
+    spec = layout.agent_spec(agent)
+    base = layout.base_model(agent)
+    job = dict(data=str(layout.store_dir), dataset=layout.rounds_dataset, version=version, subset=subset,
+               out=str(layout.model_dir(agent, round_)), overwrite=True, loss=cfg.stage_loss(stage_name),
+               seed=cfg.seed * 1000 + round_, model=base, model_revision=spec.revision, gguf_file=spec.gguf_file,
+               adapter=None, ref_model=None)
+    if start_from is not None and stage.lora_r > 0:
+        job["adapter"] = str(start_from)
+    elif start_from is not None:
+        # A previous full fine-tune is a local folder: revision and GGUF describe the base only.
+        job.update(model=str(start_from), model_revision=None, gguf_file=None)
+        if stage.ref == "base" and job["loss"] != "sft":
+            job.update(ref_model=base, model_revision=spec.revision, gguf_file=spec.gguf_file)
+    return {**dataclasses.asdict(dataclasses.replace(stage, **job))}
 
 
 def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
@@ -76,24 +86,15 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
 
     steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"))]
 
-    def job(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None, loss=None):
-        stage = cfg.train[stage_name]
-        out = layout.model_dir(agent, round_)
-        # Full fine-tuning continues from the previous model folder; LoRA from the base + previous adapter.
-        if start_from is None:
-            start, lora_from = layout.base_model(agent), None
-        elif stage.lora_r > 0:
-            start, lora_from = layout.base_model(agent), Path(start_from)
-        else:
-            start, lora_from = start_from, None
-        argv = _train_argv(layout, stage, agent=agent, version=version, subset=subset, start=start, lora_from=lora_from,
-                           out=out, seed=cfg.seed * 1000 + round_, loss=loss)
-        return {"argv": argv[len(CLI) + 1:], "out": out, "section": f"train.{stage_name}"}
+    def job(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None):
+        config = train_job(cfg, layout, stage_name, agent=agent, round_=round_, version=version, subset=subset,
+                           start_from=start_from)
+        return {"config": config, "out": Path(config["out"]), "section": f"train.{stage_name}"}
 
     def train(label: str, jobs: list[dict], deps: list[str]):
         """One trainer process for a group of jobs (run in order)."""
         outs = [j["out"] for j in jobs]
-        argv = [*_PY, "-m", "macpo.trainbatch", json.dumps([j["argv"] for j in jobs])]
+        argv = [*_PY, "-m", "macpo.trainbatch", json.dumps([j["config"] for j in jobs], sort_keys=True)]
         steps.append(Step(label, argv, lambda: all((o / "metrics.json").is_file() for o in outs), deps=deps, clears=outs,
                           config_sections=tuple(sorted({j["section"] for j in jobs}))))
         return steps[-1].name
@@ -137,7 +138,7 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         e = evaluate(0, last)
         for t in range(1, cfg.T + 1):
             b = build(t, None, f"round-{t}", last + [e])
-            last = [train(f"train student round-{t}", [job("student", t, "dpo", f"round-{t}", "student", md("student", t - 1), loss=cfg.method)], [b])]
+            last = [train(f"train student round-{t}", [job("student", t, "dpo", f"round-{t}", "student", md("student", t - 1))], [b])]
             e = evaluate(t, last)
     steps.append(Step("report", [*CLI, "eval", *conf, "--report"], lambda: (layout.out / "report.md").is_file(), deps=[e], config_sections=("eval",)))
     return steps
@@ -308,11 +309,18 @@ def main(argv: list[str], command: str = "run") -> int:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (dotted path), e.g. --set T=2")
         p.add_argument("--out", help="output folder (overrides the config's `out`)")
         p.add_argument("--verbose", action="store_true", help="stream every stage's output")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config, every field with its help text, and exit (runs nothing)")
         args = p.parse_args(argv)
         overrides = parse_kv(args.set)
         if args.out:
             overrides["out"] = args.out
         config_path = args.config
+        if args.print_config:
+            from macpo import config as config_mod
+
+            print(config_mod.describe(config_mod.load(config_path, overrides)), end="")
+            return 0
     cfg, resolved = prepare_run(config_path, overrides)
     print(f"macpo {command}: {cfg.name} ({cfg.method}, K={cfg.K}, T={cfg.T}) -> {cfg.out}", flush=True)
     execute(cfg, resolved, verbose=args.verbose)

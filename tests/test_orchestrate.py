@@ -18,7 +18,7 @@ def jobs(cfg):
     out = {}
     for s in plan(cfg, Path("run.yaml")):
         if "macpo.trainbatch" in s.argv:
-            out[s.name] = [Path(a[a.index("--out") + 1]).name for a in json.loads(s.argv[-1])]
+            out[s.name] = [Path(job["out"]).name for job in json.loads(s.argv[-1])]
         else:
             out[s.name] = None
     return out
@@ -58,3 +58,80 @@ def test_step_keys_chain_through_dependencies(tmp_path):
     c = _cfg(tmp_path, sampling={"temperature": 0.9})
     kc = step_keys(c, plan(c, Path("r.yaml")))
     assert kc["build round-0-teachers"] != ka["build round-0-teachers"]  # conservative: shared settings key every step
+
+
+def train_jobs(cfg) -> dict[str, dict]:
+    """'<step>/<agent>' -> the TrainConfig fields its trainer job receives."""
+    out = {}
+    for s in plan(cfg, Path("run.yaml")):
+        if "macpo.trainbatch" in s.argv:
+            for job in json.loads(s.argv[-1]):
+                out[f"{s.name}/{Path(job['out']).name}"] = job
+    return out
+
+
+def test_spac_runs_spac_with_a_positive_alpha(tmp_path):
+    jobs_ = train_jobs(_cfg(tmp_path, method="spac", T=1))
+    job = jobs_["train student round-1/student"]
+    assert job["loss"] == "spac" and job["alpha"] > 0
+    dpo = train_jobs(_cfg(tmp_path, method="dpo", T=1))["train student round-1/student"]
+    assert dpo["loss"] == "dpo"
+
+
+def test_ref_base_is_the_pretrained_base_in_full_fine_tuning(tmp_path):
+    cfg = _cfg(tmp_path, train={"dpo": {"lora_r": 0, "ref": "base"}})
+    job = train_jobs(cfg)["train agents round-2/student"]
+    assert job["model"].endswith("models/round-1/student")  # continues the previous iterate
+    assert job["ref_model"] == "s"  # ...against the pretrained base
+    lora = train_jobs(_cfg(tmp_path, train={"dpo": {"lora_r": 8, "ref": "base"}}))["train agents round-2/student"]
+    assert lora["model"] == "s" and lora["adapter"].endswith("models/round-1/student") and lora["ref_model"] is None
+    prev = train_jobs(_cfg(tmp_path, train={"dpo": {"lora_r": 0, "ref": "previous"}}))["train agents round-2/student"]
+    assert prev["ref_model"] is None
+
+
+def test_paper_minus_hn_trains_sft_on_positives(tmp_path):
+    job = train_jobs(_cfg(tmp_path, negative="none"))["train agents round-1/teacher-0"]
+    assert job["loss"] == "sft" and job["lr"] == _cfg(tmp_path).train["dpo"].lr
+
+
+def test_revision_and_gguf_reach_base_loads_only(tmp_path):
+    cfg = _cfg(tmp_path, student={"model": "org/base", "revision": "v1", "gguf_file": "m.gguf"},
+               train={"dpo": {"lora_r": 0}, "student_sft": {"lora_r": 0}})
+    jobs_ = train_jobs(cfg)
+    first = jobs_["train student round-0/student"]
+    assert (first["model"], first["model_revision"], first["gguf_file"]) == ("org/base", "v1", "m.gguf")
+    later = jobs_["train agents round-1/student"]  # a local previous folder: no revision applies to it
+    assert later["model_revision"] is None and later["gguf_file"] is None
+
+
+def test_every_stage_field_reaches_its_job(tmp_path):
+    """Walk TrainConfig: a non-default value for each stage field arrives in the job unchanged."""
+    import dataclasses
+
+    from macpo.trainer.train_config import JOB_FIELDS, TrainConfig
+
+    defaults = TrainConfig()
+    settings = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in JOB_FIELDS or f.name == "loss":
+            continue
+        value = getattr(defaults, f.name)
+        settings[f.name] = _non_default(f.name, value)
+    cfg = _cfg(tmp_path, train={"dpo": settings})
+    job = train_jobs(cfg)["train agents round-1/student"]
+    for name, value in settings.items():
+        assert job[name] == value, name
+
+
+def _non_default(name, value):
+    special = {"ref": "base", "precision": "fp32", "launcher": "accelerate", "lr_scheduler": "linear",
+               "accelerate_config": "cfg.yaml", "lora_targets": ["q_proj"], "max_samples": 7, "max_steps": 3}
+    if name in special:
+        return special[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 3
+    if isinstance(value, float):
+        return round(value + 0.125, 6) if value < 0.5 else value / 2
+    raise AssertionError(f"no non-default value for {name}")

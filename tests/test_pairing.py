@@ -4,8 +4,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from macpo.builder.pairing import attach_familiarity, macpo_pairs, pair_ids, ppl_under, self_play_pairs, teacher_order
-from macpo.errors import UserError
+from macpo.builder.pairing import (
+    PairingError,
+    attach_familiarity,
+    macpo_pairs,
+    pair_ids,
+    positives_sft,
+    ppl_under,
+    self_play_pairs,
+    teacher_order,
+)
 from macpo.schema import PAIRS, conform
 
 TEACHERS = ["teacher-0", "teacher-1", "teacher-2"]
@@ -147,17 +155,28 @@ def test_without_mutual_positives_the_student_keeps_its_own_sample():
     assert column(result["teacher-2"], "chosen_agent") == ["student"]
 
 
-def test_without_hard_negatives_rejected_is_the_learners_second_plain_sample():
+def test_paper_minus_hn_trains_on_positives_only():
+    cands = candidates(round_rows("p1", [1.0, 2.0, 3.0]))
+    result = macpo_pairs(cands, None, negative="none")
+    sft = {learner: positives_sft(table) for learner, table in result.items()}
+    assert text(column(sft["student"], "completion")) == ["t0 says p1"]
+    assert column(sft["student"], "source_agent") == ["teacher-0"]
+    assert text(column(sft["teacher-1"], "completion")) == ["student says p1"]
+    assert set(sft["student"].column_names) >= {"prompt", "completion", "example_id"}
+    assert "rejected" not in sft["student"].column_names
+
+
+def test_own_sample_contrast_rejected_is_the_learners_second_plain_sample():
     cands = candidates(round_rows("p1", [1.0, 2.0, 3.0], extra_samples=True))
-    result = macpo_pairs(cands, None, hard_negative=False)
+    result = macpo_pairs(cands, None, negative="self")
     for learner, table in result.items():
         assert text(column(table, "rejected")) == [f"{learner} again p1"]
         assert column(table, "rejected_agent") == [learner]
     assert column(result["student"], "chosen_agent") == ["teacher-0"]
     # Sample 1 is required under -HN.
-    with pytest.raises(UserError, match="sample-1 candidate of student"):
-        macpo_pairs(candidates(round_rows("p1", [1.0, 2.0, 3.0])), None, hard_negative=False)
-    with pytest.raises(UserError, match="needs a hard_negatives table"):
+    with pytest.raises(PairingError, match="sample-1 candidate of student"):
+        macpo_pairs(candidates(round_rows("p1", [1.0, 2.0, 3.0])), None, negative="self")
+    with pytest.raises(PairingError, match="needs a hard_negatives table"):
         macpo_pairs(cands, None)
 
 
@@ -167,7 +186,7 @@ def test_missing_inputs_raise_by_default_or_drop_from_every_subset():
     cands = candidates(rows)
     negs = negatives(["p1", "p2", "p3", "p4"])
     negs = negs.filter(pc.invert(pc.and_(pc.equal(negs["prompt_id"], "p3"), pc.equal(negs["agent"], "student"))))
-    with pytest.raises(UserError, match=r"3 prompt\(s\) lack inputs.*p2, p3, p4"):
+    with pytest.raises(PairingError, match=r"3 prompt\(s\) lack inputs.*p2, p3, p4"):
         macpo_pairs(cands, negs)
     result = macpo_pairs(cands, negs, strict=False)
     assert result.dropped == ["p2", "p3", "p4"]
@@ -178,13 +197,13 @@ def test_missing_inputs_raise_by_default_or_drop_from_every_subset():
 def test_unscored_teacher_candidates_and_mixed_rounds_are_errors():
     rows = round_rows("p1", [1.0, 2.0, 3.0])
     rows[2]["familiarity"] = [{"scorer": "teacher-1", "ppl": 1.0}]
-    with pytest.raises(UserError, match="no familiarity score from 'student'"):
+    with pytest.raises(PairingError, match="no familiarity score from 'student'"):
         macpo_pairs(candidates(rows), negatives(["p1"]))
     rows = round_rows("p1", [1.0, 2.0, 3.0]) + [cand("p2", "student", "x", round_=3)]
-    with pytest.raises(UserError, match="one round"):
+    with pytest.raises(PairingError, match="one round"):
         macpo_pairs(candidates(rows), negatives(["p1", "p2"]))
     rows = round_rows("p1", [1.0, 2.0, 3.0]) + [cand("p1", "teacher-0", "dup", {"student": 1.0})]
-    with pytest.raises(UserError, match="more than one row"):
+    with pytest.raises(PairingError, match="more than one row"):
         macpo_pairs(candidates(rows), negatives(["p1"]))
 
 
@@ -207,7 +226,7 @@ def preferences():
 def test_spac_triples_add_the_policys_own_sample():
     cands = candidates([cand("p1", "policy", "mine p1", seed=5), cand("p2", "policy", "mine p2", seed=5),
                         cand("p3", "policy", "mine p3", idx=1), cand("p3", "other", "theirs")])
-    with pytest.raises(UserError, match=r"1 prompt\(s\).*p3"):
+    with pytest.raises(PairingError, match=r"1 prompt\(s\).*p3"):
         self_play_pairs(preferences(), cands, agent="policy")
     result = self_play_pairs(preferences(), cands, agent="policy", strict=False)
     assert result.dropped == ["p3"]
@@ -233,9 +252,9 @@ def test_spin_rejects_the_policys_own_sample():
     assert column(spin, "rejected_agent") == ["policy"] * 3
     dpo = self_play_pairs(preferences(), cands, agent="policy", pair_type="dpo", round_=2)["policy"]
     assert text(column(dpo, "rejected")) == ["poor p1", "poor p2", "poor p3"]
-    with pytest.raises(UserError, match="'spac', 'spin' or 'dpo'"):
+    with pytest.raises(PairingError, match="'spac', 'spin' or 'dpo'"):
         self_play_pairs(preferences(), cands, agent="policy", pair_type="ipo")
-    with pytest.raises(UserError, match="expected rows of round 3"):
+    with pytest.raises(PairingError, match="expected rows of round 3"):
         self_play_pairs(preferences(), cands, agent="policy", round_=3)
 
 
@@ -252,16 +271,16 @@ def test_attach_familiarity_merges_scores_into_sorted_lists():
         [{"scorer": "student", "ppl": 3.5}],
     ]
     assert ppl_under(out, "student").to_pylist() == [1.5, 2.5, 3.5]
-    with pytest.raises(UserError, match="same scorer"):
+    with pytest.raises(PairingError, match="same scorer"):
         attach_familiarity(out, scores.slice(0, 1))
     bare = attach_familiarity(cands.drop_columns(["familiarity"]), scores)  # freshly generated candidates
     assert ppl_under(bare, "student").to_pylist() == [1.5, 2.5, 3.5] and ppl_under(bare, "teacher-0").null_count == 3
-    with pytest.raises(UserError, match="1 unknown candidate"):
+    with pytest.raises(PairingError, match="1 unknown candidate"):
         attach_familiarity(cands, pa.table({"candidate_id": ["nope"], "scorer": ["student"], "ppl": [1.0]}))
 
 
 def test_round_argument_is_checked_against_the_candidates():
     cands = candidates(round_rows("p1", [1.0, 2.0, 3.0]))
     assert set(column(macpo_pairs(cands, negatives(["p1"]), round_=2)["student"], "round")) == {2}
-    with pytest.raises(UserError, match="expected rows of round 1"):
+    with pytest.raises(PairingError, match="expected rows of round 1"):
         macpo_pairs(cands, negatives(["p1"]), round_=1)

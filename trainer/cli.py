@@ -43,7 +43,11 @@ def accelerate_command(cfg) -> list[str]:
 def main(argv: list[str]) -> int:
     from macpo.trainer.train_config import parse_args
 
-    cfg = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(cfg) -> int:
+    """Train one validated TrainConfig: here, or under ``accelerate launch`` when its launcher says so."""
     if cfg.launcher == "accelerate":
         return subprocess.call(accelerate_command(cfg))
 

@@ -5,12 +5,15 @@ Reference choices (``--ref``), for the preference losses:
 - ``previous``: a frozen copy of the starting policy π_t. With LoRA + ``--adapter`` that is
   TRL's own mechanism (it adds a frozen ``ref`` copy of the loaded adapter); for full
   fine-tuning it is a deep copy of the starting weights (base, or base + adapter merged).
-- ``base``: the base model. With LoRA, the adapter is disabled (what TRL does with a fresh
-  ``peft_config``; MACPO's released code does the same); for full fine-tuning a copy of the
-  base weights before any adapter is merged.
+- ``base``: the agent's pretrained base weights, in every mode. With LoRA, the adapter is
+  disabled (what TRL does with a fresh ``peft_config``; MACPO's released code does the same);
+  for full fine-tuning from base + adapter, a copy of the base weights before the merge; for a
+  full fine-tune that continues a previous round's folder, ``--ref-model`` (the run passes the
+  agent's base model there).
 
-Without ``--adapter`` both are the same model. When the data carries reference log-probs no
-reference is built at all.
+Without ``--adapter`` or ``--ref-model`` both are the same model. When the data carries
+reference log-probs no reference is built at all. ``metrics.json`` records which weights served
+as the reference, by path and hash (:func:`weights_identity`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Policy:
     peft_config: Any = None  # a LoraConfig for a fresh adapter (TRL wraps the model)
     ref_model: Any = None  # an explicit frozen reference (full fine-tuning)
     drop_ref_adapter: bool = False  # --ref base on a continued adapter: remove TRL's "ref" copy
-    reference: str = "none"  # human-readable description for metrics.json
+    reference: Any = "none"  # for metrics.json: {"role", "how", "weights": [{"path", "revision", "hash"}]}
 
 
 def torch_dtype(cfg: TrainConfig):
@@ -70,6 +73,8 @@ def check_model_path(cfg: TrainConfig) -> None:
                 path / "adapter_config.json"
             ).is_file() else ""
             raise UserError(f"--model {cfg.model}: not a model folder (no config.json){hint}")
+    if cfg.ref_model and Path(cfg.ref_model).is_file():
+        raise UserError(f"--ref-model {cfg.ref_model}: a file, not a model folder")
     if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise UserError(f"--adapter {cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
 
@@ -78,8 +83,9 @@ def load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
     check_model_path(cfg)
+    revision, gguf_file = _base_options(cfg, cfg.model)
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.model_revision, gguf_file=cfg.gguf_file)
+        tok = AutoTokenizer.from_pretrained(cfg.model, revision=revision, gguf_file=gguf_file)
     except (OSError, ValueError) as exc:
         raise UserError(f"--model {cfg.model}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
     if tok.pad_token is None:
@@ -87,17 +93,26 @@ def load_tokenizer(cfg: TrainConfig):
     return tok
 
 
-def load_base(cfg: TrainConfig):
+def _base_options(cfg: TrainConfig, path: str) -> tuple[str | None, str | None]:
+    """(revision, gguf_file) for loading ``path``: with --ref-model they describe the base only,
+    since --model is then a previous round's local folder."""
+    if cfg.ref_model and path != cfg.ref_model:
+        return None, None
+    return cfg.model_revision, cfg.gguf_file
+
+
+def load_base(cfg: TrainConfig, path: str | None = None):
     from transformers import AutoModelForCausalLM
 
     check_model_path(cfg)
+    path = path or cfg.model
+    revision, gguf_file = _base_options(cfg, path)
+    flag = "--ref-model" if path == cfg.ref_model and path != cfg.model else "--model"
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, revision=cfg.model_revision, gguf_file=cfg.gguf_file, dtype=torch_dtype(cfg)
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, gguf_file=gguf_file, dtype=torch_dtype(cfg))
     except (OSError, ValueError) as exc:
-        raise UserError(f"--model {cfg.model}: cannot load a causal LM ({str(exc).splitlines()[0]})") from None
-    if cfg.gguf_file:
+        raise UserError(f"{flag} {path}: cannot load a causal LM ({str(exc).splitlines()[0]})") from None
+    if gguf_file:
         # A dequantised GGUF model is plain weights; without this, save_pretrained refuses it.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -131,31 +146,74 @@ def adapter_info(path: str) -> dict:
         return {}
 
 
+def weights_identity(path: str, revision: str | None = None, gguf_file: str | None = None, model: Any = None) -> dict:
+    """``{"path", "revision", "hash"}`` of the weights at ``path``: sha256 over the weight files of a
+    local folder (names and contents), or the Hub commit transformers resolved for a Hub id."""
+    import hashlib
+
+    folder = Path(path)
+    if folder.is_dir():
+        names = [gguf_file] if gguf_file else sorted(
+            f.name for f in folder.iterdir() if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt", ".gguf"})
+        h = hashlib.sha256()
+        for name in names:
+            h.update(name.encode() + b"\0")
+            with open(folder / name, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        digest = "sha256:" + h.hexdigest()
+    else:
+        commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+        digest = f"commit:{commit}" if commit else None
+    return {"path": str(path), "revision": revision, "gguf_file": gguf_file, "hash": digest}
+
+
 def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
     """The trainable model and (when ``need_ref``) the way its reference is obtained."""
     base = load_base(cfg)
+    revision, gguf_file = _base_options(cfg, cfg.model)
+    model_id = weights_identity(cfg.model, revision, gguf_file, base) if need_ref else None
+    adapter_id = weights_identity(cfg.adapter) if need_ref and cfg.adapter else None
+
+    def ref(role: str, how: str, *weights: dict) -> dict:
+        return {"role": role, "how": how, "weights": list(weights)}
+
     lora = cfg.lora_r > 0
+    if not need_ref:
+        note = "stored" if cfg.loss != "sft" else "none"
+        if cfg.adapter and lora:
+            return Policy(_load_adapter(base, cfg, trainable=True), reference=note)
+        if cfg.adapter:
+            return _merged_policy(base, cfg, reference=note)
+        return Policy(base, peft_config=lora_config(cfg) if lora else None, reference=note)
     if cfg.adapter and lora:
         model = _load_adapter(base, cfg, trainable=True)
-        if not need_ref:
-            return Policy(model, reference="stored" if cfg.loss != "sft" else "none")
         if cfg.ref == "base":
-            return Policy(model, drop_ref_adapter=True, reference="base (adapter disabled)")
-        return Policy(model, reference="previous (frozen copy of the loaded adapter)")
+            return Policy(model, drop_ref_adapter=True, reference=ref("base", "adapter disabled", model_id))
+        return Policy(model, reference=ref("previous", "frozen copy of the loaded adapter", model_id, adapter_id))
     if cfg.adapter:  # full fine-tuning that starts from base + adapter
-        base_copy = copy.deepcopy(base) if need_ref and cfg.ref == "base" else None
-        model = _load_adapter(base, cfg, trainable=False).merge_and_unload()
-        model.requires_grad_(True)  # PEFT froze the base weights while the adapter was attached
-        if not need_ref:
-            return Policy(model, reference="stored" if cfg.loss != "sft" else "none")
+        base_copy = copy.deepcopy(base) if cfg.ref == "base" else None
+        policy = _merged_policy(base, cfg, reference=None)
         if cfg.ref == "base":
-            return Policy(model, ref_model=base_copy, reference="base (separate copy)")
-        return Policy(model, ref_model=copy.deepcopy(model), reference="previous (copy of base + adapter)")
+            return Policy(policy.model, ref_model=base_copy, reference=ref("base", "copy of the base before the merge", model_id))
+        return Policy(policy.model, ref_model=copy.deepcopy(policy.model),
+                      reference=ref("previous", "copy of base + adapter", model_id, adapter_id))
     if lora:
         # A fresh adapter: base and starting policy coincide; TRL disables the adapter for the reference.
-        return Policy(base, peft_config=lora_config(cfg), reference="starting policy (adapter disabled)" if need_ref else (
-            "stored" if cfg.loss != "sft" else "none"))
-    if not need_ref:
-        return Policy(base, reference="stored" if cfg.loss != "sft" else "none")
+        return Policy(base, peft_config=lora_config(cfg), reference=ref(cfg.ref, "adapter disabled", model_id))
+    if cfg.ref == "base" and cfg.ref_model and cfg.ref_model != cfg.model:
+        # --model is a previous round's full fine-tune; the base weights come from --ref-model.
+        ref_base = load_base(cfg, cfg.ref_model)
+        ref_base.requires_grad_(False)
+        return Policy(base, ref_model=ref_base,
+                      reference=ref("base", "separate base model (--ref-model)",
+                                    weights_identity(cfg.ref_model, cfg.model_revision, cfg.gguf_file, ref_base)))
     # Passed explicitly: TRL would otherwise re-load it from the path without our revision/gguf options.
-    return Policy(base, ref_model=copy.deepcopy(base), reference="starting policy (frozen copy)")
+    how = "frozen copy of --model" + (" (no --ref-model given: --model is taken as the base)" if cfg.ref == "base" else "")
+    return Policy(base, ref_model=copy.deepcopy(base), reference=ref(cfg.ref, how, model_id))
+
+
+def _merged_policy(base, cfg: TrainConfig, reference) -> Policy:
+    model = _load_adapter(base, cfg, trainable=False).merge_and_unload()
+    model.requires_grad_(True)  # PEFT froze the base weights while the adapter was attached
+    return Policy(model, reference=reference)

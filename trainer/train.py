@@ -250,6 +250,7 @@ def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
             "revision": cfg.model_revision,
             "gguf_file": cfg.gguf_file,
             "adapter_in": cfg.adapter,
+            "ref_model": cfg.ref_model,
             "saved": saved,
             "lora": _lora_summary(cfg),
         },
@@ -257,7 +258,8 @@ def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
         "hyperparameters": {
             k: getattr(cfg, k)
             for k in ("lr", "lr_scheduler", "batch_size", "grad_accum", "epochs", "max_steps", "beta",
-                      "nll_weight", "alpha", "max_length", "seed", "ref")
+                      "nll_weight", "alpha", "max_length", "seed", "ref", "lora_dropout", "warmup_ratio",
+                      "weight_decay", "precision", "launcher", "num_processes")
         },
         "final_step": {k: v for k, v in last.items() if k not in ("loss", "step", "epoch")},
         # TRL's per-step DPO reward accuracy/margin: the report's pair diagnostics read them.

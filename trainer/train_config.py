@@ -52,8 +52,14 @@ class TrainConfig:
     alpha: float = _f(0.5, "SPAC pessimism weight alpha (0 = plain DPO against the starting policy)")
     ref: Literal["base", "previous"] = _f(
         "previous",
-        "reference model: 'previous' = frozen copy of the starting policy (base + --adapter); "
-        "'base' = the base model (adapter disabled). Ignored when the data carries ref_*_logps.",
+        "DPO reference: 'previous' = a frozen copy of the start-of-round policy (--model, plus --adapter); "
+        "'base' = the agent's pretrained base weights (--ref-model when --model is a previous full "
+        "fine-tune, else --model with any adapter disabled). Ignored when the data carries ref_*_logps.",
+    )
+    ref_model: Optional[str] = _f(
+        None,
+        "the agent's pretrained base weights, for --ref base when --model is a previous round's full "
+        "fine-tune (loaded with --model-revision/--gguf-file, which describe the base)",
     )
     # ---- optimisation -----------------------------------------------------------------
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run --epochs)")
@@ -87,12 +93,30 @@ class TrainConfig:
 
 
 REQUIRED = ("data", "subset", "model", "out")
+# Fields that name one job's inputs and outputs. ``macpo run`` sets them for every job it
+# launches (from the round, the agent and the run's models); a run config's ``train.<stage>``
+# sections hold every other field.
+JOB_FIELDS = ("data", "subset", "dataset", "version", "model", "model_revision", "gguf_file", "adapter",
+              "ref_model", "out", "overwrite", "seed")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     missing = [name for name in REQUIRED if not getattr(cfg, name)]
     if missing:
         raise UserError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    return check_values(cfg)
+
+
+def check_values(cfg: TrainConfig, where: str = "") -> TrainConfig:
+    """Range checks of every hyperparameter (``where`` prefixes the message, e.g. 'train.dpo: ')."""
+    try:
+        _check_values(cfg)
+    except UserError as exc:
+        raise UserError(f"{where}{exc}") from None
+    return cfg
+
+
+def _check_values(cfg: TrainConfig) -> None:
     if cfg.loss not in LOSSES:
         raise UserError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
     checks = [
@@ -110,10 +134,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (not (cfg.merge and cfg.lora_r == 0 and not cfg.adapter), "--merge needs LoRA (--lora-r > 0 or --adapter)"),
         (cfg.threads >= 0, "--threads must be >= 0"),
     ]
+    checks += [
+        (cfg.ref in ("base", "previous"), f"--ref must be 'base' or 'previous', got {cfg.ref!r}"),
+        (cfg.precision in ("auto", "fp32", "bf16", "fp16"), f"--precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}"),
+        (cfg.launcher in ("none", "accelerate"), f"--launcher must be 'none' or 'accelerate', got {cfg.launcher!r}"),
+        (cfg.num_processes >= 0, "--num-processes must be >= 0"),
+        (0 <= cfg.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+        (0 <= cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+        (cfg.weight_decay >= 0, "--weight-decay must be >= 0"),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    return cfg
 
 
 def _parser():
@@ -172,6 +204,13 @@ def _check_yaml(path: str) -> None:
     unknown = sorted(k for k in data if str(k).replace("-", "_") not in names)
     if unknown:
         raise UserError(f"{path}: unknown option(s) {', '.join(map(str, unknown))}")
+
+
+def from_dict(data: dict) -> TrainConfig:
+    """A validated TrainConfig from a mapping of its fields (unknown names and wrong types refused)."""
+    from macpo.config import _build
+
+    return validate(_build(TrainConfig, data, "train job"))
 
 
 def to_argv(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
