@@ -1,42 +1,118 @@
-"""The run report: a round x agent table, metrics.csv, win rates and PNG plots."""
+"""The run report: premise gates first, then every (round, agent) with its gold metrics per task and
+behaviour rates, PGR per round, pair diagnostics per round, metrics.csv / metrics.json and PNG plots.
+
+Gold metrics come from the sandbox world's ``aggregate`` (whatever keys it returns: scalars become
+columns, ``per_task`` a per-task table); real-data runs report their reward-model axes instead.
+"""
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Template
 
 from macpo.config import RunConfig
+from macpo.eval import diagnostics as dg
 from macpo.eval.judges import win_rate
+from macpo.eval.stats import pgr
 from macpo.layout import RunLayout
+
+HEADLINE = ("helpful", "harmless", "combined")
+# Scalars of the world's aggregate that are not behaviour rates.
+_NOT_RATES = {*HEADLINE, "reward", "n"}
+# Where the sandbox's gold reward may live, newest layout first (the data manifest names it).
+_GOLD_MODULES = ("macpo.eval.sandbox", "macpo.eval.sandbox.reward", "macpo.eval.world")
+
 
 def _template() -> Template:
     from importlib import resources
 
-    return Template((resources.files("macpo.eval") / "templates" / "report.md.j2").read_text())
+    return Template((resources.files("macpo.eval") / "templates" / "report.md.j2").read_text(), trim_blocks=True, lstrip_blocks=True)
 
 
 def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+# ---- the gold reward ------------------------------------------------------------------------------
+def gold_module(store, data_dataset: str):
+    """The sandbox module with ``gold_reward`` and ``aggregate`` that wrote the run's data.
+
+    The data manifest records ``extra.sandbox.gold_reward`` as ``module.function``; only modules
+    inside ``macpo.eval`` are imported (a manifest is a file anyone can edit).
+    """
+    name, version = store.resolve(data_dataset)
+    declared = ((store.manifest(name, version).get("extra") or {}).get("sandbox") or {}).get("gold_reward")
+    candidates = list(_GOLD_MODULES)
+    if isinstance(declared, str) and declared.startswith("macpo.eval.") and "." in declared:
+        candidates.insert(0, declared.rsplit(".", 1)[0])
+    for mod in candidates:
+        try:
+            module = importlib.import_module(mod)
+        except ImportError:
+            continue
+        if callable(getattr(module, "gold_reward", None)) and callable(getattr(module, "aggregate", None)):
+            return module
+    raise RuntimeError(f"no sandbox gold reward module found among {candidates}")
+
+
+def response_gold(module, meta, text: str) -> float:
+    """One response's scalar gold reward."""
+    res = module.gold_reward(meta, text)
+    if isinstance(res, dict):
+        value = res.get("reward", res.get("combined"))
+    else:
+        value = res
+    return float(value)
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _split_aggregate(agg: dict) -> tuple[dict, dict, dict]:
+    """(scalar metrics, per-task reward, per-task metric columns) from the world's aggregate.
+
+    ``per_task`` maps task -> number (or -> {metric: number}); ``tasks`` (if any) task -> {metric:
+    number}; the latter become ``task:<task>:<metric>`` columns of metrics.csv.
+    """
+    scalars = {k: v for k, v in agg.items() if _number(v)}
+    per_task = agg.get("per_task") or {}
+    nested = {t: v for t, v in (agg.get("tasks") or {}).items() if isinstance(v, dict)}
+    if per_task and all(isinstance(v, dict) for v in per_task.values()):
+        nested = {**per_task, **nested}
+        per_task = {t: v.get("reward", v.get("combined")) for t, v in per_task.items()}
+    columns = {f"task:{t}:{k}": v for t, m in nested.items() for k, v in m.items() if k != "n" and _number(v)}
+    return scalars, {t: v for t, v in per_task.items() if _number(v)}, columns
+
+
+# ---- collecting -------------------------------------------------------------------------------------
 def collect(cfg: RunConfig) -> tuple[list[dict], list[str], bool]:
-    """One metrics row per (round, agent)."""
+    """One metrics row per (round, agent); the axes to show; whether the scores are gold."""
+    rows, axes, gold, _ = _collect(cfg)
+    return rows, axes, gold
+
+
+def _collect(cfg: RunConfig):
     from macpo.store import Store
 
     layout = RunLayout(cfg)
     store = Store(layout.store_dir)
     gold = bool(cfg.world)
-    metas = {}
+    metas, module = {}, None
     if gold:
-        from macpo.eval import world
-
+        module = gold_module(store, layout.data_dataset)
         name, version = store.resolve(layout.data_dataset)
         test = store.read(name, version, "test")
         metas = dict(zip(test.column("prompt_id").to_pylist(), test.column("meta").to_pylist()))
-    rows, per_prompt = [], {}
+    rows, per_prompt, tasks = [], {}, {}
     for version in store.versions(layout.evals_dataset):
         table = store.read(layout.evals_dataset, version, "default").to_pylist()
         by_agent: dict[str, list[dict]] = {}
@@ -46,15 +122,18 @@ def collect(cfg: RunConfig) -> tuple[list[dict], list[str], bool]:
             round_ = items[0]["round"]
             row = {"round": round_, "agent": agent, "method": items[0]["method"], "n": len(items)}
             if gold:
-                agg = world.aggregate([metas[i["prompt_id"]] for i in items], [i["response"][0]["content"] for i in items])
-                row.update({k: agg[k] for k in ("helpful", "harmless", "combined")})
-                row["reward"] = agg["combined"]
-            axes = sorted({s["axis"] for i in items for s in i["scores"] if s["scorer"] != "gold"})
-            for axis in axes:
+                agg = module.aggregate([metas[i["prompt_id"]] for i in items], [i["response"][0]["content"] for i in items])
+                scalars, per_task, task_columns = _split_aggregate(agg)
+                row.update({k: v for k, v in scalars.items() if k != "n"})
+                row.update(task_columns)
+                row["reward"] = agg.get("combined")
+                tasks[(round_, agent)] = per_task
+            axes_rm = sorted({s["axis"] for i in items for s in i["scores"] if s["scorer"] != "gold"})
+            for axis in axes_rm:
                 vals = [s["value"] for i in items for s in i["scores"] if s["axis"] == axis and s["scorer"] != "gold"]
                 row[axis] = sum(vals) / len(vals)
-            if not gold and axes:
-                row["reward"] = sum(row[a] for a in axes) / len(axes)
+            if not gold and axes_rm:
+                row["reward"] = sum(row[a] for a in axes_rm) / len(axes_rm)
             per_prompt[(round_, agent)] = {i["prompt_id"]: _prompt_reward(i, gold) for i in items}
             rows.append(row)
     base = per_prompt.get((0, "student"), {})
@@ -62,9 +141,36 @@ def collect(cfg: RunConfig) -> tuple[list[dict], list[str], bool]:
         mine = per_prompt[(row["round"], row["agent"])]
         common = [p for p in mine if p in base]
         row["win_rate_vs_round0"] = win_rate([mine[p] for p in common], [base[p] for p in common]) if row["agent"] == "student" else None
-    rows.sort(key=lambda r: (r["round"], r["agent"] != "student", r["agent"]))
-    axes = ["helpful", "harmless", "combined"] if gold else sorted({k for r in rows for k in r} - {"round", "agent", "method", "n", "win_rate_vs_round0", "reward"}) + ["reward"]
-    return rows, axes, gold
+    add_pgr(rows, weak_agent=f"teacher-{cfg.weak_label_teacher}")
+    rows.sort(key=lambda r: (r["round"], _agent_order(r["agent"])))
+    if gold:
+        axes = list(HEADLINE)
+    else:
+        axes = sorted({k for r in rows for k in r} - {"round", "agent", "method", "n", "win_rate_vs_round0", "reward", "pgr"}) + ["reward"]
+    return rows, axes, gold, tasks
+
+
+def _agent_order(agent: str):
+    return (agent != "student", "ceiling" in agent, agent)
+
+
+def ceiling_agent(rows: list[dict]) -> str | None:
+    """The gold-ceiling agent (the student trained on gold labels), if the run evaluated one."""
+    names = sorted({r["agent"] for r in rows if "ceiling" in r["agent"]})
+    return names[0] if names else None
+
+
+def add_pgr(rows: list[dict], *, weak_agent: str, key: str = "reward") -> None:
+    """Set ``pgr`` on the student's rows: (student - weak-label teacher at round 0) / (ceiling - that teacher).
+
+    The teacher's round-0 score is the weak supervision's quality (the labels came from it);
+    the ceiling is the gold-trained agent's round-0 score. No ceiling: pgr stays None.
+    """
+    pick = lambda agent: next((r.get(key) for r in rows if r["round"] == 0 and r["agent"] == agent), None)  # noqa: E731
+    ceiling = ceiling_agent(rows)
+    weak, top = pick(weak_agent), pick(ceiling) if ceiling else None
+    for row in rows:
+        row["pgr"] = pgr(row.get(key), weak, top) if row["agent"] == "student" else None
 
 
 def _prompt_reward(item: dict, gold: bool) -> float:
@@ -76,36 +182,122 @@ def summarize(rows: list[dict]) -> dict:
     if not rows:
         return {"student_round0": None}
     final = max(r["round"] for r in rows)
-    get = lambda rnd, agent: next((r.get("reward") for r in rows if r["round"] == rnd and r["agent"] == agent), None)  # noqa: E731
+    get = lambda rnd, agent, key="reward": next((r.get(key) for r in rows if r["round"] == rnd and r["agent"] == agent), None)  # noqa: E731
     teachers = lambda rnd: [r.get("reward") for r in rows if r["round"] == rnd and r["agent"].startswith("teacher") and r.get("reward") is not None]  # noqa: E731
+    ceiling = ceiling_agent(rows)
     return {
         "student_round0": get(0, "student"),
         "student_final": get(final, "student"),
         "final_round": final,
         "best_teacher_round0": max(teachers(0), default=None),
         "best_teacher": max(teachers(final), default=None),
+        "ceiling": get(0, ceiling) if ceiling else None,
+        "pgr_round0": get(0, "student", "pgr"),
+        "pgr_final": get(final, "student", "pgr"),
     }
 
 
-def plot(rows: list[dict], axes: list[str], out: Path) -> list[Path]:
+# ---- premise gates ------------------------------------------------------------------------------------
+def read_gates(path: Path) -> tuple[list[dict], str | None]:
+    """``gates.json`` entries (name, value, threshold, pass, detail), or an error line if unreadable.
+
+    The file is written by the run's gate step; a malformed entry is reported, not trusted.
+    """
+    if not path.is_file():
+        return [], None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return [], f"{path.name} is unreadable: {exc}"
+    items = data.get("gates") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return [], f"{path.name} has no 'gates' list"
+    gates = []
+    for i, g in enumerate(items):
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("pass"), bool):
+            return [], f"{path.name}: entry {i} lacks a name or a true/false pass"
+        num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+        gates.append({"name": g["name"], "value": num(g.get("value")), "threshold": num(g.get("threshold")),
+                      "pass": g["pass"], "detail": str(g.get("detail") or "")})
+    return gates, None
+
+
+# ---- pair diagnostics ---------------------------------------------------------------------------------
+def round_diagnostics(cfg: RunConfig) -> list[dict]:
+    """Per round >= 1 and learner: gold of chosen vs rejected, filter picks/accuracy, ppl-gold
+    Spearman, DPO reward accuracy and margin. Sandbox runs only (needs the gold reward)."""
+    from macpo.store import Store
+
+    if not cfg.world:
+        return []
+    layout = RunLayout(cfg)
+    store = Store(layout.store_dir)
+    if layout.rounds_dataset not in store.datasets():
+        return []
+    module = gold_module(store, layout.data_dataset)
+    name, version = store.resolve(layout.data_dataset)
+    metas = {}
+    for subset in ("q", "dw_prompts", "test"):
+        if subset in store.subsets(name, version):
+            t = store.read(name, version, subset)
+            metas.update(zip(t.column("prompt_id").to_pylist(), t.column("meta").to_pylist()))
+    score = lambda meta, text: response_gold(module, meta, text)  # noqa: E731
+    out = []
+    for v in store.versions(layout.rounds_dataset):
+        if not v.startswith("round-") or not v[6:].isdigit() or int(v[6:]) < 1:
+            continue
+        round_ = int(v[6:])
+        subsets = store.subsets(layout.rounds_dataset, v)
+        cands = None
+        if "candidates" in subsets:
+            cands = dg.attach_gold(store.read(layout.rounds_dataset, v, "candidates"), "response", metas, score, "gold")
+        for learner in sorted((s for s in subsets if s != "candidates"), key=_agent_order):
+            pairs = store.read(layout.rounds_dataset, v, learner)
+            if "chosen" not in pairs.column_names:
+                continue
+            pairs = dg.attach_gold(pairs, "chosen", metas, score, "chosen_gold")
+            pairs = dg.attach_gold(pairs, "rejected", metas, score, "rejected_gold")
+            d = {"round": round_, "learner": learner, **dg.pair_gold(pairs), "picks": dg.filter_picks(pairs)}
+            if learner == "student" and cands is not None:
+                d.update(dg.filter_accuracy(cands, pairs))
+                d["ppl_gold_spearman"] = dg.ppl_gold_spearman(cands, "student")["spearman"]
+            mpath = layout.model_dir(learner, round_) / "metrics.json"
+            metrics = json.loads(mpath.read_text()) if mpath.is_file() else None
+            d.update({f"dpo_{k}": val for k, val in dg.dpo_rewards(metrics).items()})
+            out.append(d)
+    return out
+
+
+# ---- plots ----------------------------------------------------------------------------------------------
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] | None = None) -> list[Path]:
+    plt = _plt()
     paths = []
-    agents = sorted({r["agent"] for r in rows}, key=lambda a: (a != "student", a))
+    agents = sorted({r["agent"] for r in rows}, key=_agent_order)
+    rounds = sorted({r["round"] for r in rows})
     fig, ax = plt.subplots(figsize=(6, 4))
     for agent in agents:
         pts = sorted((r["round"], r.get("reward")) for r in rows if r["agent"] == agent and r.get("reward") is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.5 if agent == "student" else 1.2, label=agent)
+        if not pts:
+            continue
+        if len(pts) == 1 and "ceiling" in agent:
+            ax.axhline(pts[0][1], ls="--", color="grey", lw=1, label=f"{agent} (round 0)")
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.5 if agent == "student" else 1.2, label=agent)
     ax.set_xlabel("round")
     ax.set_ylabel("reward" + (" (gold, combined)" if "combined" in axes else ""))
     ax.set_title("Reward per round")
-    ax.set_xticks(sorted({r["round"] for r in rows}))
+    ax.set_xticks(rounds)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(out / "reward_by_round.png")
     fig.savefig(paths[-1], dpi=110)
@@ -130,7 +322,55 @@ def plot(rows: list[dict], axes: list[str], out: Path) -> list[Path]:
     paths.append(out / "helpful_vs_harmless.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    pgr_pts = sorted((r["round"], r["pgr"]) for r in rows if r["agent"] == "student" and r.get("pgr") is not None)
+    if pgr_pts:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([p[0] for p in pgr_pts], [p[1] for p in pgr_pts], marker="o", lw=2)
+        ax.axhline(0, color="grey", lw=1)
+        ax.axhline(1, color="grey", lw=1, ls="--")
+        ax.set_xlabel("round")
+        ax.set_ylabel("PGR")
+        ax.set_title("Performance gap recovered (0 = weak teacher, 1 = gold ceiling)")
+        ax.set_xticks(rounds)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths.append(out / "pgr_by_round.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    student = [d for d in diagnostics or [] if d["learner"] == "student"]
+    if student:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        xs = [d["round"] for d in student]
+        for key, label in (("chosen_gold", "chosen"), ("rejected_gold", "rejected")):
+            a1.plot(xs, [d.get(key) if d.get(key) is not None else float("nan") for d in student], marker="o", label=label)
+        a1.set_title("student pairs: mean gold")
+        for key, label in (("filter_gold", "familiarity filter"), ("random_gold", "random teacher"), ("oracle_gold", "oracle")):
+            a2.plot(xs, [d.get(key) if d.get(key) is not None else float("nan") for d in student], marker="o", label=label)
+        a2.set_title("gold of the picked teacher candidate")
+        for a in (a1, a2):
+            a.set_xlabel("round")
+            a.set_xticks(xs)
+            a.grid(alpha=0.3)
+            a.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "pairs_by_round.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+def _config_line(cfg: RunConfig) -> str:
+    fields = ("mutual_positive", "negative", "hard_negative", "update_teachers", "chosen_rule")
+    return ", ".join(f"{f}={getattr(cfg, f)}" for f in fields if hasattr(cfg, f))
+
+
+def _sft_budget(cfg: RunConfig) -> str:
+    sft = cfg.train["student_sft"]
+    budget = f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.epochs:g} epochs"
+    return budget + f" at lr {sft.lr:g}, batch {sft.batch_size} (config `train.student_sft`)"
 
 
 def write_report(cfg: RunConfig) -> Path:
@@ -138,21 +378,44 @@ def write_report(cfg: RunConfig) -> Path:
 
     layout = RunLayout(cfg)
     out = layout.out
-    rows, axes, gold = collect(cfg)
+    rows, axes, gold, tasks = _collect(cfg)
+    gates, gates_error = read_gates(out / "gates.json")
+    diagnostics = round_diagnostics(cfg)
+    rates = sorted({k for r in rows for k, v in r.items() if k not in _NOT_RATES and _number(v) and not k.startswith("task:")}
+                   - {"round", "n", "win_rate_vs_round0", "pgr", *axes}) if gold else []
+    task_metrics = sorted({k for r in rows for k in r if k.startswith("task:")})
+    task_names = sorted({t for per in tasks.values() for t in per})
+    for row in rows:
+        row.update({f"task:{t}": v for t, v in tasks.get((row["round"], row["agent"]), {}).items()})
     with open(out / "metrics.csv", "w", newline="") as fh:
-        cols = ["round", "agent", "method", *axes, "win_rate_vs_round0", "n"]
+        cols = ["round", "agent", "method", *axes, *rates, "pgr", *[f"task:{t}" for t in task_names], *task_metrics, "win_rate_vs_round0", "n",
+                "gate_value", "gate_threshold", "gate_pass"]
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+        # The premise gates are round-0 facts of the run: one row each, agent "gate:<name>".
+        w.writerows({"round": 0, "agent": f"gate:{g['name']}", "gate_value": g["value"], "gate_threshold": g["threshold"],
+                     "gate_pass": g["pass"]} for g in gates)
     summary = summarize(rows)
-    (out / "metrics.json").write_text(json.dumps({**summary, "rows": rows}, indent=1, default=str))
-    plot(rows, axes, out)
+    summary["gates_failed"] = [g["name"] for g in gates if not g["pass"]]
+    (out / "metrics.json").write_text(json.dumps({**summary, "rows": rows, "gates": gates, "diagnostics": diagnostics},
+                                                 indent=1, default=str))
+    pngs = [p.name for p in plot(rows, axes, out, diagnostics)]
     store = Store(layout.store_dir)
-    rounds = [(v, store.manifest(layout.rounds_dataset, v)["content_hash"]) for v in store.versions(layout.rounds_dataset)]
-    sft = cfg.train["student_sft"]
-    budget = f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.epochs:g} epochs"
-    budget += f" at lr {sft.lr:g}, batch {sft.batch_size} (config `train.student_sft`)"
-    text = _template().render(cfg=cfg, rows=rows, axes=axes, gold=gold, summary=summary, fmt=_fmt, rounds=rounds,
-                         store=layout.store_dir, sft_budget=budget)
+    rounds = [(v, store.manifest(layout.rounds_dataset, v)["content_hash"]) for v in store.versions(layout.rounds_dataset)] \
+        if layout.rounds_dataset in store.datasets() else []
+    text = _template().render(
+        cfg=cfg, rows=rows, axes=axes, rates=rates, tasks=task_names, gold=gold, summary=summary, fmt=_fmt,
+        rounds=rounds, store=layout.store_dir, sft_budget=_sft_budget(cfg), ablations=_config_line(cfg),
+        gates=gates, gates_error=gates_error, failed=summary["gates_failed"], diagnostics=diagnostics,
+        ceiling=ceiling_agent(rows), weak=f"teacher-{cfg.weak_label_teacher}", pngs=pngs, picks=_picks_table(diagnostics),
+    )
     (out / "report.md").write_text(text)
     return out / "report.md"
+
+
+def _picks_table(diagnostics: list[dict]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(teachers, rows) of how often the student's filter picked each teacher, per round."""
+    student = [d for d in diagnostics if d["learner"] == "student"]
+    agents = sorted({a for d in student for a in d["picks"]})
+    return agents, [{"round": d["round"], **{a: d["picks"].get(a, 0) for a in agents}, "n": d["n"]} for d in student]
