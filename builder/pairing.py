@@ -18,6 +18,9 @@ MACPO (research/macpo.md §2, one pair per prompt per learner):
 - rejected = the learner's own hard negative (``rejected_agent`` = ``"<learner>-neg"``).
 - ``mutual_positive=False`` (-MP): the student's chosen is its own sample-0 candidate
   (pair_type ``"self-positive"``); teachers are unchanged.
+- ``chosen_rule`` replaces the familiarity filter to bound what it adds: ``"oracle"`` picks the
+  teacher candidate with the highest gold reward (sandbox only), ``"random"`` a seeded random
+  teacher per prompt (:func:`pick_teacher`).
 - ``negative="self"``: rejected = the learner's own *plain* candidate with ``sample_index`` 1
   (generate n >= 2 per agent), ``rejected_agent`` = the learner. A SPIN-like contrast against
   the agent's own samples; not the paper's -HN.
@@ -51,6 +54,7 @@ from macpo.schema import SCORE, conform
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
 STUDENT = "student"
+CHOSEN_RULES = ("familiarity", "oracle", "random")
 
 
 class PairingError(ValueError):
@@ -197,12 +201,19 @@ def macpo_pairs(
     mutual_positive: bool = True,
     negative: str = "hard",
     strict: bool = True,
+    chosen_rule: str = "familiarity",
+    gold: pa.Table | None = None,
+    rule_seed: int = 0,
 ) -> Pairing:
     """MACPO pairs for the student and every teacher from one round's candidates (see module doc).
 
     ``round_`` (optional) asserts the candidates' round; ``teachers`` sets the tie-break order
-    (default: every non-student, non-``-neg`` agent in natural order).
+    (default: every non-student, non-``-neg`` agent in natural order). ``chosen_rule`` picks the
+    student's chosen teacher candidate (see :func:`pick_teacher`); ``gold`` (``candidate_id, gold``)
+    is needed by ``"oracle"``, ``rule_seed`` seeds ``"random"``.
     """
+    if chosen_rule not in CHOSEN_RULES:
+        raise PairingError(f"chosen_rule must be one of {', '.join(CHOSEN_RULES)}, got {chosen_rule!r}")
     round_ = _single_round(candidates, "candidates", round_)
     teachers = list(teachers) if teachers is not None else teacher_order(candidates, student)
     if not teachers:
@@ -239,7 +250,8 @@ def macpo_pairs(
     subsets = {}
     for learner in learners:
         if learner == student and mutual_positive:
-            chosen, chosen_ppl = _least_perplexing(candidates, prompts, teachers, primary, student)
+            chosen, chosen_ppl = pick_teacher(candidates, prompts, teachers, primary, student, rule=chosen_rule,
+                                              gold=gold, seed=rule_seed, round_=round_)
             pair_type = "mutual-positive"
         else:  # teachers learn the student's sample; under -MP the student does too
             chosen = _align(prompts, primary[student])
@@ -254,8 +266,42 @@ def macpo_pairs(
     return Pairing(subsets=subsets, dropped=dropped)
 
 
-def _least_perplexing(candidates, prompts, teachers, primary, student) -> tuple[pa.Array, pa.Array]:
-    """Per prompt, the teacher candidate row with the lowest student perplexity (ties: teacher order)."""
+def pick_teacher(candidates, prompts, teachers, primary, student, *, rule: str = "familiarity",
+                 gold: pa.Table | None = None, seed: int = 0, round_: int = 0) -> tuple[pa.Array, pa.Array]:
+    """Per prompt, the teacher candidate row the student learns from, and its student perplexity.
+
+    - ``familiarity`` (the paper): lowest perplexity under the student; ties to the teacher order.
+    - ``oracle``: highest gold reward (``gold``: ``candidate_id, gold``); ties by familiarity, then
+      teacher order. An upper bound on what any filter over these candidates can pick.
+    - ``random``: teacher ``sha256(seed, round, prompt_id) mod K``, the same whatever the
+      candidates say: what the filter adds over picking blindly.
+    """
+    if rule == "familiarity":
+        return _least_perplexing(candidates, prompts, teachers, primary, student)
+    pool = _teacher_pool(candidates, prompts, teachers, primary, student)
+    if rule == "oracle":
+        if gold is None:
+            raise PairingError("chosen_rule='oracle' needs a gold table (candidate_id, gold)")
+        ids = pc.take(candidates.column("candidate_id"), pool.column("row"))
+        where = pc.index_in(ids, value_set=gold.column("candidate_id"))
+        values = pc.take(gold.column("gold"), where)
+        if values.null_count:
+            raise PairingError(f"chosen_rule='oracle': {values.null_count} teacher candidate(s) have no gold score")
+        pool = pool.append_column("gold", values.cast(pa.float64()))
+        pool = pool.sort_by([("prompt_id", "ascending"), ("gold", "descending"), ("ppl", "ascending"), ("rank", "ascending")])
+    elif rule == "random":
+        picks = [int(hashlib.sha256(f"{seed}\x1f{round_}\x1f{p}".encode()).hexdigest()[:8], 16) % len(teachers)
+                 for p in pool.column("prompt_id").to_pylist()]
+        pool = pool.filter(pc.equal(pool.column("rank"), pa.array(picks, pa.int32())))
+        pool = pool.sort_by([("prompt_id", "ascending")])
+    else:
+        raise PairingError(f"unknown chosen_rule {rule!r}")
+    best = _first_per_prompt(pool)
+    return best.column("row").combine_chunks(), best.column("ppl").combine_chunks()
+
+
+def _teacher_pool(candidates, prompts, teachers, primary, student) -> pa.Table:
+    """(prompt_id, rank, row, ppl): every teacher's sample-0 candidate per prompt, with its student perplexity."""
     ppl = ppl_under(candidates, student)
     pools = []
     for k, teacher in enumerate(teachers):
@@ -269,6 +315,12 @@ def _least_perplexing(candidates, prompts, teachers, primary, student) -> tuple[
             f"{unscored.num_rows} teacher candidate(s) have no familiarity score from {student!r}, "
             f"e.g. prompt {unscored.column('prompt_id')[0].as_py()!r}; score them before pairing"
         )
+    return pool
+
+
+def _least_perplexing(candidates, prompts, teachers, primary, student) -> tuple[pa.Array, pa.Array]:
+    """Per prompt, the teacher candidate row with the lowest student perplexity (ties: teacher order)."""
+    pool = _teacher_pool(candidates, prompts, teachers, primary, student)
     pool = pool.sort_by([("prompt_id", "ascending"), ("ppl", "ascending"), ("rank", "ascending")])
     best = _first_per_prompt(pool)
     return best.column("row").combine_chunks(), best.column("ppl").combine_chunks()

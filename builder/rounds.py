@@ -275,6 +275,8 @@ class RoundBuilder:
         pairs = pairing.macpo_pairs(
             candidates, hard_negatives if self.cfg.negative == "hard" else None, round_=n,
             mutual_positive=self.cfg.mutual_positive, negative=self.cfg.negative,
+            chosen_rule=self.cfg.chosen_rule, rule_seed=self.cfg.seed,
+            gold=self._gold(candidates, q) if self.cfg.chosen_rule == "oracle" else None,
         )
         subsets = {"candidates": Subset("candidates", candidates)}
         for learner, table in pairs.items():
@@ -304,6 +306,20 @@ class RoundBuilder:
             pairs = self._with_ref_logps(pairs, "student", n)
         subsets = {"student": Subset("pairs", pairs), "candidates": Subset("candidates", candidates)}
         return self._write(version, subsets, parent=self._hash(previous), models={"student": str(model)})
+
+    def _gold(self, candidates, q):
+        """``candidate_id, gold``: the sandbox's gold reward of each candidate (for chosen_rule=oracle only;
+        no other rule may read the gold answers in Q's meta)."""
+        import pyarrow as pa
+
+        from macpo.eval.diagnostics import response_text
+        from macpo.eval.report import gold_module, response_gold
+
+        module = gold_module(self.store, self.layout.data_dataset)
+        metas = dict(zip(q.column("prompt_id").to_pylist(), q.column("meta").to_pylist()))
+        values = [response_gold(module, metas[pid], response_text(r))
+                  for pid, r in zip(candidates.column("prompt_id").to_pylist(), candidates.column("response").to_pylist())]
+        return pa.table({"candidate_id": candidates.column("candidate_id"), "gold": pa.array(values, pa.float64())})
 
     def _with_ref_logps(self, table, learner: str, n: int):
         """Reference log-probs under the learner's DPO reference, so training skips the ref model."""

@@ -21,6 +21,7 @@ from macpo.hashing import json_hash
 
 METHODS = ("macpo", "naive-w2s", "spac", "spin", "dpo")
 NEGATIVES = ("hard", "none", "self")
+CHOSEN_RULES = ("familiarity", "oracle", "random")
 BACKENDS = ("transformers", "vllm")
 
 
@@ -105,6 +106,11 @@ class RunConfig:
         "'none' = the paper's -HN: no negatives, each learner trains SFT (NLL) on its positives with the "
         "dpo stage's other settings; 'self' = the agent's own second plain sample (a SPIN-like contrast, not -HN)")
     update_teachers: bool = _f(True, "train teachers every round (off = -IW)")
+    chosen_rule: str = _f(
+        "familiarity",
+        "how the student's chosen response is picked among the teachers' candidates: 'familiarity' = lowest "
+        "student perplexity (the paper); 'oracle' = highest gold reward (sandbox only: an upper bound on the "
+        "filter); 'random' = a uniformly random teacher per prompt, seeded (a lower bound)")
     threads: int = _f(1, "torch CPU threads per stage process (tiny sandbox models run fastest on 1; 0 = torch's default)")
     shard_size: int = _f(256, "prompts per generation/scoring checkpoint (a killed build resumes per shard)")
     store_ref_logps: bool = _f(False, "store reference log-probs in each round so trainers skip the ref model")
@@ -253,6 +259,11 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("config T: must be >= 0")
     if not 0 <= cfg.weak_label_teacher < max(cfg.K, 1):
         raise UserError(f"config weak_label_teacher: {cfg.weak_label_teacher} is not a teacher index below K={cfg.K}")
+    if cfg.chosen_rule not in CHOSEN_RULES:
+        raise UserError(f"config chosen_rule: {cfg.chosen_rule!r} is not one of {', '.join(CHOSEN_RULES)}")
+    if cfg.chosen_rule == "oracle" and not (cfg.world or any(str(a.model).startswith("sandbox:") for a in [cfg.student, *cfg.teachers])):
+        raise UserError("config chosen_rule: 'oracle' needs the gold reward of the built-in sandbox (set `world`); "
+                        "real data has no gold to pick by")
     if cfg.negative not in NEGATIVES:
         raise UserError(f"config negative: {cfg.negative!r} is not one of {', '.join(NEGATIVES)}")
     if cfg.generation.backend not in BACKENDS:
