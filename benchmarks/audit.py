@@ -73,11 +73,16 @@ def main(argv=None) -> int:
     runs = common.interleave({"ours": ours, "baseline": baseline}, common.reps(args), warmup=not args.smoke)
     ours_s, base_s = common.median(runs["ours"]), common.median(runs["baseline"])
     verdicts = {r.name: r.verdict for r in results["audits"]}
+    full = n == 10_000_000
+    # One figure name at every size (quick and smoke runs measure it small, and say so); the
+    # absolute target only means something at 10M rows.
     common.report(
-        "audit_10m_seconds" if n == 10_000_000 else f"audit_{n // 1000}k_seconds",
+        "audit_10m_seconds",
         ratio=ours_s / base_s, ours=ours_s, baseline=base_s, unit="s", args=args,
-        target=f"< {TARGET_SECONDS:g} s", met=ours_s < TARGET_SECONDS if n == 10_000_000 else None,
+        target=f"< {TARGET_SECONDS:g} s", met=ours_s < TARGET_SECONDS if full else None,
         runs=runs, extra={"rows": n, "duckdb_threads": threads, "verdicts": verdicts},
+        rep_ratios=common.paired(runs, lambda o, b: o / b), rep_values=runs["ours"], meets=lambda s: s < TARGET_SECONDS,
+        size=None if full else f"at {n:,} rows; the target is for 10,000,000",
     )
     per_audit = {}
     for name in verdicts:

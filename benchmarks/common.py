@@ -2,8 +2,9 @@
 
 Every figure is a ratio of two timings taken on the same machine in the same process, run
 alternately (A B A B …) so that load from other jobs hits both sides alike; the figure is
-the ratio of the medians. Each script prints ``name: ratio=… (ours …, baseline …)`` and
-appends one JSON row to ``benchmarks/results.jsonl`` (``MACPO_BENCH_RESULTS`` overrides the
+the ratio of the medians. Each script prints ``name: ratio=… [min … / median … / max … of N
+reps] (ours …, baseline …)``, the bracket being the ratios of the single repetitions (ours and
+baseline of the same pass), and appends one JSON row to ``benchmarks/results.jsonl`` (``MACPO_BENCH_RESULTS`` overrides the
 path; ``--smoke`` writes nowhere unless that variable is set).
 """
 
@@ -106,6 +107,25 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def paired(runs: dict[str, list[float]], fn: Callable[[float, float], float], ours: str = "ours", base: str | None = None) -> list[float]:
+    """``fn(ours_i, baseline_i)`` for each repetition i: the figure as one A/B pass measured it.
+
+    ``base`` defaults to the one side that is not ``ours``. Interleaving puts the two runs of a
+    pass next to each other in time, so their ratio carries the machine's noise of that moment.
+    """
+    base = base or next(k for k in runs if k != ours)
+    return [fn(a, b) for a, b in zip(runs[ours], runs[base])]
+
+
+def spread(xs: list[float] | None) -> list[float] | None:
+    """``[min, median, max]`` of the repetitions (None when there are none)."""
+    return [min(xs), statistics.median(xs), max(xs)] if xs else None
+
+
+def _fmt_spread(s: list[float], n: int, fmt=lambda v: f"{v:.3g}") -> str:
+    return f"[min {fmt(s[0])} / median {fmt(s[1])} / max {fmt(s[2])} of {n} rep{'s' if n != 1 else ''}]"
+
+
 def git_sha() -> str | None:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -156,19 +176,43 @@ def report(
     runs: dict | None = None,
     clock: str = "wall",
     extra: dict | None = None,
+    rep_ratios: list[float] | None = None,
+    rep_values: list[float] | None = None,
+    meets: Callable[[float], bool] | None = None,
+    size: str | None = None,
 ) -> dict:
-    """Print the figure's line and append its JSON row (see module docstring)."""
+    """Print the figure's line and append its JSON row (see module docstring).
+
+    ``rep_ratios``: the ratio of each repetition (see ``paired``); ``rep_values``: our own
+    value per repetition, for figures whose target is absolute (seconds). ``meets(v)`` says
+    whether one repetition's value (a ratio, or with ``rep_values`` an absolute value) meets
+    the target: a target missed by the median but met by one repetition is missed *within
+    the spread*, and the line calls it noise. ``size``: what was measured when it is smaller
+    than the figure's own size (quick runs).
+    """
     if args.smoke:
         met = None  # one tiny iteration proves the script runs, not the target
     ratio_s = "n/a" if ratio is None else f"{ratio:.3g}"
+    if rep_ratios:
+        ratio_s += " " + _fmt_spread(spread(rep_ratios), len(rep_ratios))
     parts = []
     if ours is not None:
         parts.append(f"ours {_fmt(ours, unit)}")
+        if rep_values:
+            parts[-1] += " " + _fmt_spread(spread(rep_values), len(rep_values), lambda v: _fmt(v, unit))
     if baseline is not None:
         parts.append(f"baseline {_fmt(baseline, unit)}")
+    if size:
+        parts.append(size)
+    noise = None
+    if met is False and meets is not None:
+        noise = any(meets(v) for v in (rep_values or rep_ratios or []))
     line = f"{name}: ratio={ratio_s} ({', '.join(parts)}{', CPU time' if clock == 'cpu' else ''})"
     if target:
-        line += f" target {target}" + ("" if met is None else (" MET" if met else " MISSED"))
+        verdict = "" if met is None else " MET" if met else " MISSED"
+        if noise:
+            verdict += " within the spread (noise: some repetitions meet it; rerun before calling it a regression)"
+        line += f" target {target}" + verdict
     print(line, flush=True)
     row = {
         "figure": name,
@@ -181,6 +225,10 @@ def report(
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "reps": reps(args),
         "runs": runs or {},
+        "ratio_spread": spread(rep_ratios),
+        "ours_spread": spread(rep_values),
+        "noise": noise,
+        "size": size,
         "clock": clock,
         **(extra or {}),
         "git_sha": git_sha(),

@@ -77,6 +77,7 @@ def bench_model(label: str, model, tokenizer, n_prompts: int, args) -> None:
     common.report(
         "generation_tokens_per_s", ratio=ratio, ours=ours_tps, baseline=base_tps, unit="tok/s", args=args,
         target=f">= {TARGET} ({label})", met=ratio >= TARGET, runs=runs, clock=CLOCK,
+        rep_ratios=common.paired(runs, lambda o, b: b / o), meets=lambda r: r >= TARGET,
         extra={"wall_runs": common.interleave.last_other, "model": label, "prompts": n_prompts, "new_tokens": NEW_TOKENS, "prompt_tokens": [min(map(len, ids)), max(map(len, ids))]},
     )
 

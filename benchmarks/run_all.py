@@ -6,7 +6,8 @@
 
 Each script runs in its own process, one after another (never two at once: they would time
 each other). Results are appended to benchmarks/results.jsonl; the README table is rebuilt
-from this run's rows (not with --smoke).
+from this run's rows (not with --smoke). Every mode prints every figure (quick and smoke at
+small sizes, saying so on the line); a figure a script did not print fails the run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +26,16 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]
 README = HERE / "README.md"
 SCRIPT_FIGURES = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]  # figure-name prefixes, table order
+# What each script prints, one line per figure (and per model); demo is skipped with --smoke.
+FIGURES = {
+    "materialize": ["materialize_rows_per_s"],
+    "audit": ["audit_10m_seconds"],
+    "scoring": ["scoring_vs_limit", "scoring_tokens_per_s"],
+    "generation": ["generation_tokens_per_s"],
+    "dpo": ["dpo_steps_per_s", "dpo_bound", "dpo_peak_rss_lora", "dpo_peak_rss_full"],
+    "demo": ["demo_wall_seconds"],
+}
+PRINTED = re.compile(r"^(?P<name>[a-z][a-z0-9_]*): ")
 
 
 def main(argv=None) -> int:
@@ -46,22 +58,27 @@ def main(argv=None) -> int:
     run_id = os.environ.get("MACPO_BENCH_RUN") or uuid.uuid4().hex[:12]
     env = dict(os.environ, MACPO_BENCH_RUN=run_id)
     started = time.time()
-    failed = []
+    failed, missing = [], []
     for name in args.only or SCRIPTS:
         t0 = time.time()
         proc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *flags], env=env, stdout=subprocess.PIPE, text=True)
+        printed = set()
         for line in proc.stdout.splitlines():
             if line.strip():
                 print(line, flush=True)
+                if m := PRINTED.match(line):
+                    printed.add(m.group("name"))
         print(f"  [{name}: {time.time() - t0:.0f} s]", flush=True)
         if proc.returncode != 0:
             failed.append(name)
-    print(f"total {time.time() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        missing += [f for f in FIGURES[name] if f not in printed]
+    print(f"total {time.time() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; figures not printed: {', '.join(missing)}" if missing else ""))
     if not args.smoke and not args.no_readme:
         rows = load_rows(results, run_id)
         if rows:
             write_readme(rows, "quick" if args.quick else "full", time.time() - started)
-    return 1 if failed else 0
+    return 1 if failed or missing else 0
 
 
 def load_rows(path: Path, run_id: str) -> list[dict]:
@@ -101,13 +118,20 @@ def table(rows: list[dict]) -> str:
         if r.get("skipped"):
             lines.append(f"| `{r['figure']}` | | | | | | skipped: {r['skipped']} | {(r.get('git_sha') or '')[:7]} |")
             continue
-        size = r.get("model") or (f"{r['rows']:,} rows" if r.get("rows") else "")
+        size = r.get("model") or (f"{r['rows']:,} rows" if r.get("rows") else "") or (f"`{r['config']}`" if r.get("config") else "")
         ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.3g}"
+        if r.get("ratio_spread"):  # lowest and highest single-repetition ratio
+            ratio += f" ({r['ratio_spread'][0]:.3g}–{r['ratio_spread'][2]:.3g})"
         if r["figure"] == "dpo_steps_per_s":
             ratio += f" (bound {r['bound']:.3g}, {r['of_bound']:.2f} of it; Δloss ≤ {r['max_loss_diff']:.1e})"
+        ours = _num(r.get("ours"), r["unit"])
+        if r.get("ours_spread"):
+            ours += f" ({_num(r['ours_spread'][0], r['unit'])}–{_num(r['ours_spread'][2], r['unit'])})"
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+        if r.get("noise"):
+            met += " (within the spread: noise)"
         target = (r.get("target") or "").split(" (")[0]
-        lines.append(f"| `{r['figure']}` | {size} | {_num(r.get('ours'), r['unit'])} | {_num(r.get('baseline'), r['unit'])} "
+        lines.append(f"| `{r['figure']}` | {size} | {ours} | {_num(r.get('baseline'), r['unit'])} "
                      f"| {ratio} | {target} | {met} | {(r.get('git_sha') or '')[:7]} |")
     return "\n".join(lines)
 
@@ -123,7 +147,8 @@ def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
         f"Up to git `{(first.get('git_sha') or '')[:12]}`, {first.get('time')}; {m.get('cores')} cores, torch threads "
         f"{m.get('torch_threads')}, load average {m.get('load_avg')} (other jobs shared the machine)"
         + (f", {seconds / 60:.1f} min in all" if seconds else "") + ". "
-        f"Ratios are medians of interleaved repetitions (A B A B …); absolute numbers move with the machine's load.\n\n"
+        f"Ratios are ratios of the medians of {_reps(rows)} interleaved repetitions (A B A B …); in brackets the lowest and "
+        f"highest ratio of a single repetition. Absolute numbers move with the machine's load.\n\n"
         f"{table(rows)}\n"
     )
     README.write_text(header.rstrip() + "\n\n" + body)
@@ -132,6 +157,11 @@ def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
     if top.is_file() and TOP_START in (text := top.read_text()) and TOP_END in text:
         before, rest = text.split(TOP_START, 1)
         top.write_text(before + TOP_START + "\n" + table(rows) + "\n" + TOP_END + rest.split(TOP_END, 1)[1])
+
+
+def _reps(rows: list[dict]) -> str:
+    counts = sorted({r["reps"] for r in rows if r.get("reps") and r.get("ratio") is not None})
+    return "/".join(map(str, counts)) or "?"
 
 
 TOP_START, TOP_END = "<!-- benchmark-table -->", "<!-- /benchmark-table -->"
