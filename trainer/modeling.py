@@ -146,13 +146,20 @@ def adapter_info(path: str) -> dict:
         return {}
 
 
-def weights_identity(path: str, revision: str | None = None, gguf_file: str | None = None, model: Any = None) -> dict:
-    """``{"path", "revision", "hash"}`` of the weights at ``path``: sha256 over the weight files of a
-    local folder (names and contents), or the Hub commit transformers resolved for a Hub id."""
+def weights_identity(path: str, revision: str | None = None, gguf_file: str | None = None) -> dict:
+    """``{"path", "revision", "commit", "hash"}`` of the weights at ``path``: sha256 over the weight
+    files (names and contents) of a local folder, or of the Hub snapshot ``revision`` resolves to."""
     import hashlib
 
-    folder = Path(path)
-    if folder.is_dir():
+    folder, commit = Path(path), None
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(path), "config.json", revision=revision)
+        folder = Path(cached).parent if isinstance(cached, str) else None
+        commit = folder.name if folder is not None else None
+    digest = None
+    if folder is not None:
         names = [gguf_file] if gguf_file else sorted(
             f.name for f in folder.iterdir() if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt", ".gguf"})
         h = hashlib.sha256()
@@ -162,17 +169,14 @@ def weights_identity(path: str, revision: str | None = None, gguf_file: str | No
                 for block in iter(lambda: fh.read(1 << 22), b""):
                     h.update(block)
         digest = "sha256:" + h.hexdigest()
-    else:
-        commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-        digest = f"commit:{commit}" if commit else None
-    return {"path": str(path), "revision": revision, "gguf_file": gguf_file, "hash": digest}
+    return {"path": str(path), "revision": revision, "gguf_file": gguf_file, "commit": commit, "hash": digest}
 
 
 def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
     """The trainable model and (when ``need_ref``) the way its reference is obtained."""
     base = load_base(cfg)
     revision, gguf_file = _base_options(cfg, cfg.model)
-    model_id = weights_identity(cfg.model, revision, gguf_file, base) if need_ref else None
+    model_id = weights_identity(cfg.model, revision, gguf_file) if need_ref else None
     adapter_id = weights_identity(cfg.adapter) if need_ref and cfg.adapter else None
 
     def ref(role: str, how: str, *weights: dict) -> dict:
@@ -207,7 +211,7 @@ def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
         ref_base.requires_grad_(False)
         return Policy(base, ref_model=ref_base,
                       reference=ref("base", "separate base model (--ref-model)",
-                                    weights_identity(cfg.ref_model, cfg.model_revision, cfg.gguf_file, ref_base)))
+                                    weights_identity(cfg.ref_model, cfg.model_revision, cfg.gguf_file)))
     # Passed explicitly: TRL would otherwise re-load it from the path without our revision/gguf options.
     how = "frozen copy of --model" + (" (no --ref-model given: --model is taken as the base)" if cfg.ref == "base" else "")
     return Policy(base, ref_model=copy.deepcopy(base), reference=ref(cfg.ref, how, model_id))
