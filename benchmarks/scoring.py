@@ -1,7 +1,7 @@
 """scoring_vs_limit and scoring_tokens_per_s: the builder's familiarity scorer.
 
 Rows of mixed length (random words; tiny model 158-299 tokens a row, SmolLM2 33-180, as in
-research/perf-baselines.md §2), scored under inference mode on one thread.
+docs/runtime-notes.md), scored under inference mode on one thread.
 
 - scoring_vs_limit: ours = ``score_ids`` (the engine behind ``macpo.builder.score.score``)
   on the mixed-length rows; limit = the same engine on rows that all have the mean length
@@ -9,7 +9,7 @@ research/perf-baselines.md §2), scored under inference mode on one thread.
   Target ≥ 0.9 on both models. Tokenisation is done once, outside the timing, on both sides.
 - scoring_tokens_per_s: ours = ``score_ids``, the scorer's engine, on the same rows; baseline =
   a one-row-at-a-time HF forward loop over the same token ids (``model(input_ids).logits``,
-  log_softmax, gather), as research/perf-baselines.md §2 measured it. Target ≥ 1.8× on the
+  log_softmax, gather), as docs/runtime-notes.md describes it. Target ≥ 1.8× on the
   tiny model, ≥ 1.0× on SmolLM2. Tokenisation (``encode_row``, identical work for any scorer)
   is timed once and recorded beside the figure, with ``score()`` end to end.
 

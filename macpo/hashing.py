@@ -27,7 +27,7 @@ boundary (``"ab","c"`` vs ``"a","bc"``) or turning ``""`` into null changes the 
 The layout is chosen so that a row's bytes in each stream are *contiguous* in Arrow's
 buffers (a list's child strings sit next to each other), which lets the whole encoding be
 built from offsets arithmetic in numpy plus one ``binary_join_element_wise`` per chunk: no
-per-row JSON (10 s per million rows, research/perf-baselines.md §5) and no per-message strings.
+per-row JSON (10 s per million rows, docs/runtime-notes.md) and no per-message strings.
 What remains per row is one ``hashlib.sha256`` call.
 """
 
@@ -253,3 +253,9 @@ def json_hash(obj) -> str:
     """sha256 of canonical JSON (sorted keys, compact): for configs and manifests."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes (the manifest's per-file integrity record)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -3,7 +3,7 @@
 It speaks enough of the Hugging Face Hub API for the real ``huggingface_hub`` client and
 ``datasets.load_dataset`` to create repos, commit (NDJSON + legacy LFS), tag, branch, list
 and download, with ``HF_ENDPOINT`` pointed at it and ``HF_HUB_DISABLE_XET=1``. No package
-offers an upload-capable local Hub (research/anchors.md §3), hence this hand-rolled one.
+offers an upload-capable local Hub (docs/runtime-notes.md), hence this hand-rolled one.
 
 Storage is plain folders under ``root``: ``<type>s/<org>/<name>/repo.json`` (refs and the
 commit history; commit oids are sha1 hex), ``objects/<git-sha1>`` for regular files and

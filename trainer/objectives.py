@@ -5,7 +5,7 @@
   they are. TRL 1.16 with ``precompute_ref_log_probs=True`` always recomputes them and then
   concatenates a second copy of the columns; with the columns present we skip that pass, so
   no reference model is loaded or run at all.
-- ``SPACTrainer``: SPAC's practical loss (research/spac.md §2) with reference = the starting
+- ``SPACTrainer``: SPAC's practical loss (docs/algorithms.md, SPAC) with reference = the starting
   policy π_t:
 
       DPO(y⁺ ≻ y⁻) + α · ½ Σ_{ỹ ∈ {y⁺, y⁻}} −log σ(β [h(ỹ) − h(y′)]),   h = log π_θ − log π_t
