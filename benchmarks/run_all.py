@@ -5,8 +5,8 @@
     python benchmarks/run_all.py --smoke    # one tiny iteration of each (what CI runs)
 
 Each script runs in its own process, one after another (never two at once: they would time
-each other). Results are appended to benchmarks/results.jsonl; the README table is rebuilt
-from this run's rows (not with --smoke). Every mode prints every figure (quick and smoke at
+each other). Results are appended to benchmarks/results.jsonl; a full run rebuilds the README
+tables from its rows (quick and smoke runs leave the full run's tables alone). Every mode prints every figure (quick and smoke at
 small sizes, saying so on the line); a figure a script did not print fails the run.
 """
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     mode.add_argument("--quick", action="store_true", help="tiny models and small sizes (< 3 minutes)")
     mode.add_argument("--smoke", action="store_true", help="one tiny iteration of each script")
     p.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these scripts")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README tables after a full run")
     p.add_argument("--readme-only", action="store_true",
                    help="only rebuild the README table from the latest full-run rows of results.jsonl")
     args = p.parse_args(argv)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         missing += [f for f in FIGURES[name] if f not in printed]
     print(f"total {time.time() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
           + (f"; figures not printed: {', '.join(missing)}" if missing else ""))
-    if not args.smoke and not args.no_readme:
+    if not args.smoke and not args.quick and not args.no_readme:
         rows = load_rows(results, run_id)
         if rows:
             write_readme(rows, "quick" if args.quick else "full", time.time() - started)
