@@ -420,7 +420,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from macpo import config as config_mod
 
-    cfg = config_mod.load(args.config, parse_kv(args.set))
+    from macpo.orchestrate import resolve_config
+
+    # Resolved as `macpo run` resolves it, so a standalone step with --set runs what the run would.
+    cfg = resolve_config(config_mod.load(args.config, parse_kv(args.set)))
     result = build(cfg, args.round, args.part, progress=not args.no_progress)
     state = "built" if result.created else "unchanged (already built with identical content)"
     print(f"{result.name}/{result.version}: {state}; content {result.content_hash}")
