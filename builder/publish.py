@@ -42,6 +42,7 @@ class PushResult:
     commit: str
     content_hash: str
     url: str | None = None
+    dataset: str | None = None  # the store dataset the version came from
 
 
 # ---- repo references -------------------------------------------------------------------
@@ -54,12 +55,30 @@ def parse_repo_ref(ref: str) -> tuple[str, str | None]:
     repo, sep, rev = text.partition("@")
     if not _REPO_ID_RE.match(repo) or (sep and not rev):
         raise UserError(f"{ref!r} is not a Hub dataset reference ORG/NAME[@REVISION]")
+    reason = _client_rejects(repo)
+    if reason:
+        raise UserError(f"{ref!r}: the Hub client rejects this repo name ({reason})")
     return repo, (rev or None)
+
+
+def _client_rejects(repo: str) -> str | None:
+    """Why huggingface_hub would refuse ``repo`` (its own ``validate_repo_id``), or None: asked up
+    front, so a bad name is one line before any store reading or network call."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        return _first_line(exc)
+    return None
 
 
 def _check_repo_id(repo: str) -> str:
     if not _REPO_ID_RE.match(repo):
         raise UserError(f"--repo {repo!r}: expected ORG/NAME")
+    reason = _client_rejects(repo)
+    if reason:
+        raise UserError(f"--repo {repo!r}: the Hub client rejects this name ({reason})")
     return repo
 
 
@@ -231,8 +250,15 @@ def push(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     _check_repo_id(repo)
     store = Store(store_dir)
+    if dataset is None and version is not None:
+        dataset = _dataset_holding(store, version, log)
     name, version = store.resolve(dataset, version)
+    # Everything uploaded below is a file of this validated manifest, verified byte for byte
+    # (sha256) and row for row (content hash) here, before the first request to the Hub.
     manifest = store.manifest(name, version)
+    problems = store.verify(name, version)
+    if problems:
+        raise UserError(f"refusing to push {name}/{version}: it is damaged ({'; '.join(problems)}); nothing was uploaded")
     content_hash = manifest["content_hash"]
     if constants.HF_HUB_OFFLINE:
         raise UserError("HF_HUB_OFFLINE is set: unset it to push to the Hub")
@@ -283,7 +309,7 @@ def push(
                 time.sleep(wait)
 
         if create_pr:
-            return PushResult(repo, version, "pull-request", commit.oid, content_hash, commit.pr_url)
+            return PushResult(repo, version, "pull-request", commit.oid, content_hash, commit.pr_url, dataset=name)
 
         remote = _remote_manifest(api, repo, version, commit.oid)
         if not remote or remote.get("content_hash") != content_hash:
@@ -292,13 +318,28 @@ def push(
                 f"commit {commit.oid[:12]} on {repo} does not carry {name}/{version} ({found}, expected {content_hash}); not tagging it"
             )
         _create_tag(api, repo, name, version, content_hash, commit.oid, retries, retry_wait, log, token)
-    return PushResult(repo, version, "pushed", commit.oid, content_hash)
+    return PushResult(repo, version, "pushed", commit.oid, content_hash, dataset=name)
+
+
+def _dataset_holding(store, version: str, log) -> str | None:
+    """The dataset to push ``version`` from when none is named: the only one holding that version
+    (``--round 1`` of a run store means the run's rounds, not its data or evals)."""
+    names = store.datasets()
+    if len(names) <= 1:
+        return None  # Store.resolve names the one dataset, or says there is none
+    holding = [n for n in names if version in store.versions(n)]
+    if len(holding) == 1:
+        log(f"macpo push: {version} is in dataset {holding[0]} only; pushing {holding[0]}/{version}")
+        return holding[0]
+    if not holding:
+        raise UserError(f"no dataset in store {store.root} has version {version} (datasets: {', '.join(names)})")
+    raise UserError(f"{len(holding)} datasets in store {store.root} have version {version} ({', '.join(holding)}); pass --dataset")
 
 
 def _already_tagged(api, repo, name, version, content_hash, tagged) -> PushResult:
     remote = _remote_manifest(api, repo, version, tagged)
     if remote and remote.get("content_hash") == content_hash:
-        return PushResult(repo, version, "unchanged", tagged, content_hash)
+        return PushResult(repo, version, "unchanged", tagged, content_hash, dataset=name)
     found = remote.get("content_hash") if remote else "no manifest"
     raise UserError(
         f"{repo} already has tag {version} with different content ({found}); refusing to push {name}/{version} ({content_hash}) under it"
@@ -386,7 +427,7 @@ def snapshot(repo_at_rev: str, cache_dir: str | Path | None = None) -> tuple[Pat
 def main(argv: list[str]) -> int:
     p = make_parser("push", __doc__)
     p.add_argument("--store", required=True, help="store directory")
-    p.add_argument("--dataset", help="dataset in the store (default: the only one)")
+    p.add_argument("--dataset", help="dataset in the store (default: the only one holding the version)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--round", type=int, metavar="N", help="push version round-N")
     which.add_argument("--version", metavar="V", help="push another version name, e.g. v1 of an import")
@@ -407,14 +448,15 @@ def main(argv: list[str]) -> int:
         create_pr=args.create_pr, retries=max(0, args.retries), retry_wait=max(0.0, args.retry_wait),
         audit=not args.no_audit, samples=args.samples,
     )
+    what = f"{result.dataset}/{result.version}"
     if result.status == "unchanged":
-        print(f"{result.repo}@{result.version} already holds {result.content_hash} "
+        print(f"{result.repo}@{result.version} already holds {what} {result.content_hash} "
               f"(commit {result.commit[:12]}); nothing to push")
     elif result.status == "pull-request":
-        print(f"opened {result.url} with {result.version} (commit {result.commit[:12]}); "
+        print(f"opened {result.url} with {what} (commit {result.commit[:12]}); "
               f"after merging it, run the same push again to tag {result.version}")
     else:
-        print(f"pushed {result.version} to {result.repo} as commit {result.commit[:12]}, tagged {result.version} "
+        print(f"pushed {what} to {result.repo} as commit {result.commit[:12]}, tagged {result.version} "
               f"({result.content_hash})")
     return 0
 

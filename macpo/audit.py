@@ -89,7 +89,7 @@ def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -
         store.resolve(dataset, version)
     sources = store_sources(store, dataset, version)
     index_missing_facts(sources)
-    con = connect(sources, [store.root])
+    con = connect(sources)
     results = []
     for name in selected:
         audit = audits[name]

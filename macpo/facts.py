@@ -10,6 +10,11 @@ stored row: for each message column ``M``
 - ``M_bytes``: total UTF-8 bytes of the messages' content;
 - ``M_blank``: no message has non-whitespace content (true for a null list).
 
+Each facts shard is recorded in ``facts.json`` with its data shard's row count and sha256;
+:func:`fact_files` checks both against the data shard and the manifest (cheaply: Parquet
+footers), and a mismatch means the facts are rebuilt or computed from the text, never
+joined: a POSITIONAL JOIN of shards of different lengths pads with NULLs silently.
+
 The facts are *defined* by the SQL expressions below. A stored facts shard is only a
 cache of them, valid for one DuckDB version (``hash`` is not promised stable across DuckDB
 releases, and keys from two versions must never meet in one query), so
@@ -31,12 +36,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from macpo.fsutil import fsync_dir
+from macpo.fsutil import fsync_dir, make_read_only
 from macpo.schema import KINDS, MESSAGES
 
 FACTS_DIR = ".facts"
 FACTS_META = "facts.json"
-FACTS_FORMAT = "macpo-facts/1"
+FACTS_FORMAT = "macpo-facts/2"
 
 
 def engine() -> str:
@@ -118,16 +123,19 @@ def write_facts_shard(facts: pa.Table, out: Path) -> None:
         pq.write_table(facts, fh, compression="snappy")
         fh.flush()
         os.fsync(fh.fileno())
+    make_read_only(out)
 
 
-def write_meta(facts_dir: Path, files: dict[str, list[str]]) -> None:
-    """Record which facts shards exist (``files``: subset -> shard paths relative to the version)."""
+def write_meta(facts_dir: Path, files: dict[str, list[str]], shards: dict[str, dict]) -> None:
+    """Record which facts shards exist (``files``: subset -> shard paths relative to the version)
+    and, per data shard (``shards``: its path -> ``{"rows", "data_sha256"}``), what they index."""
     path = facts_dir / FACTS_META
     with open(path, "w") as fh:
-        json.dump({"format": FACTS_FORMAT, "engine": engine(), "subsets": files}, fh, indent=1)
+        json.dump({"format": FACTS_FORMAT, "engine": engine(), "subsets": files, "shards": shards}, fh, indent=1)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+    make_read_only(path)
 
 
 def facts_path(rel: str) -> str:
@@ -137,48 +145,70 @@ def facts_path(rel: str) -> str:
 
 def fact_files(version_dir: Path, manifest: dict) -> dict[str, list[Path]] | None:
     """The facts shards of every subset of a version, aligned with its data shards, or None
-    when they are missing, incomplete, or written by another DuckDB or facts format."""
+    when they are missing, incomplete, written by another DuckDB or facts format, or do not
+    match their data shards (row counts in the Parquet footers, sha256 in the manifest)."""
     try:
         meta = json.loads((version_dir / FACTS_DIR / FACTS_META).read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("format") != FACTS_FORMAT or meta.get("engine") != engine():
+    if not isinstance(meta, dict) or meta.get("format") != FACTS_FORMAT or meta.get("engine") != engine():
         return None
+    records = manifest.get("files") or {}
+    shards = meta.get("shards") if isinstance(meta.get("shards"), dict) else {}
     out = {}
     for subset, entry in manifest["subsets"].items():
         expected = [facts_path(rel) for rel in entry["files"]]
         if meta.get("subsets", {}).get(subset) != expected:
             return None
         paths = [version_dir / rel for rel in expected]
-        if not all(p.is_file() for p in paths):
+        total = 0
+        for rel, facts_file in zip(entry["files"], paths):
+            info = shards.get(rel)
+            if not isinstance(info, dict) or not facts_file.is_file():
+                return None
+            if rel in records and info.get("data_sha256") != records[rel]["sha256"]:
+                return None
+            try:
+                facts_rows = pq.read_metadata(facts_file).num_rows
+                data_rows = pq.read_metadata(version_dir / rel).num_rows
+            except (OSError, pa.ArrowException):
+                return None
+            if not (facts_rows == data_rows == info.get("rows")):
+                return None
+            total += data_rows
+        if total != entry["rows"]:
             return None
         out[subset] = paths
     return out
 
 
-def write_facts_dir(facts_dir: Path, shards, progress=None) -> None:
+def write_facts_dir(facts_dir: Path, shards, progress=None, data_sha256=None) -> None:
     """Compute and write the facts shards of ``shards`` — ``(subset, kind, rel, rows)`` tuples,
     ``rel`` being the data shard's path relative to the version — plus ``facts.json``, all
-    fsynced, into ``facts_dir`` (a version's ``.facts`` or a temporary folder renamed to it)."""
+    fsynced and read-only, into ``facts_dir`` (a version's ``.facts`` or a temporary folder
+    renamed to it). ``data_sha256()`` gives each data shard's sha256 once they are all written."""
     import duckdb
 
     facts_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"threads": 1})  # Store.write: the other core is writing Parquet
     files: dict[str, list[str]] = {}
+    rows: dict[str, int] = {}
     try:
-        for subset, kind, rel, rows in shards:
+        for subset, kind, rel, part in shards:
             if subset not in files:
                 (facts_dir / subset).mkdir(parents=True)
                 files[subset] = []
-            write_facts_shard(compute_facts(con, rows, kind), facts_dir / rel)
+            write_facts_shard(compute_facts(con, part, kind), facts_dir / rel)
             files[subset].append(facts_path(rel))
+            rows[rel] = part.num_rows
             if progress is not None:
                 progress()
     finally:
         con.close()
     for subset in files:
         fsync_dir(facts_dir / subset)
-    write_meta(facts_dir, files)
+    hashes = data_sha256() if data_sha256 is not None else {}
+    write_meta(facts_dir, files, {rel: {"rows": n, "data_sha256": hashes.get(rel)} for rel, n in rows.items()})
     fsync_dir(facts_dir)
 
 
@@ -196,8 +226,9 @@ def ensure_facts(version_dir: Path, manifest: dict, progress=None) -> bool:
         for subset, entry in manifest["subsets"].items()
         for rel in entry["files"]
     )
+    records = manifest.get("files") or {}
     try:
-        write_facts_dir(tmp, shards, progress)
+        write_facts_dir(tmp, shards, progress, data_sha256=lambda: {rel: r["sha256"] for rel, r in records.items()})
         old = version_dir / FACTS_DIR
         if fact_files(version_dir, manifest) is not None:  # another audit indexed it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)

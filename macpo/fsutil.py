@@ -13,3 +13,13 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+READ_ONLY = 0o444
+
+
+def make_read_only(path: Path) -> None:
+    """Committed files are 0444 (as git does with its objects): a stray writer, or a query that
+    slipped past the SQL sandbox, cannot overwrite them in place. Folders stay writable, so
+    ``rm -rf`` still deletes a store and writers still add new versions beside old ones."""
+    os.chmod(path, READ_ONLY)

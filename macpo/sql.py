@@ -7,16 +7,37 @@ scalar columns and, instead of each message list ``M``, ``M_key`` (64-bit hash),
 and ``M_blank``: see ``macpo/facts.py``), ``datasets`` (versions and hashes),
 ``subsets`` (row counts per subset) and ``rounds`` (the ``round-N`` versions).
 
-Read-only is enforced by DuckDB itself, twice: only SELECT/EXPLAIN statements pass
-``extract_statements``, and the connection is sandboxed to the store with
-``enable_external_access=false`` + ``lock_configuration=true`` (SPEC.md, "The store").
+Read-only is enforced by DuckDB itself, not by keyword matching:
+
+- only SELECT statements pass ``extract_statements``, and EXPLAIN only over a SELECT
+  (``EXPLAIN ANALYZE`` executes its inner statement);
+- the connection may open exactly the data files of the views (``allowed_paths``) and its
+  own private temp folder, nothing else (checked in ``duckdb_settings()`` after locking), with
+  ``enable_external_access=false`` + ``lock_configuration=true``;
+- the committed files themselves are read-only on disk (macpo/store.py).
+
+Results stream in batches; ``--max-rows`` and ``--timeout`` bound a query at the terminal,
+and Ctrl-C stops a running query (exit 130). ``--format json`` is strict JSON: NaN and
+infinities become null, blobs base64.
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
 import csv
+import datetime
+import decimal
 import json
+import math
+import os
+import queue
+import shutil
 import sys
+import tempfile
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +46,11 @@ from macpo.errors import UserError
 from macpo.facts import fact_expressions, fact_files, fact_select_list, scalar_columns
 from macpo.schema import KINDS, MESSAGES
 
-ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN"}
+BATCH_ROWS = 1000
+# Defaults for the terminal format: a person reading a table wants a screenful, not 10M rows,
+# and a runaway join should end by itself. csv/json are for pipes: no limits unless asked.
+TABLE_MAX_ROWS = 1000
+TABLE_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -37,6 +62,8 @@ class VersionSource:
 
 
 def store_sources(store, dataset: str | None = None, version: str | None = None) -> list[VersionSource]:
+    """Every version to expose, each manifest validated and each file's size checked (cheap):
+    a damaged version stops the query with one line naming it."""
     out = []
     for name in store.datasets():
         if dataset is not None and name != dataset:
@@ -44,15 +71,25 @@ def store_sources(store, dataset: str | None = None, version: str | None = None)
         for v in store.versions(name):
             if version is not None and v != version:
                 continue
-            out.append(VersionSource(name, v, store.path(name, v), store.manifest(name, v)))
+            manifest = store.manifest(name, v)
+            store.check_sizes(name, v, manifest)
+            out.append(VersionSource(name, v, store.path(name, v), manifest))
     return out
 
 
 def snapshot_sources(folder: Path, dataset: str) -> list[VersionSource]:
-    """A published Hub snapshot: ``<version>/manifest.json`` + ``<version>/<subset>/*.parquet``."""
+    """A published Hub snapshot: ``<version>/manifest.json`` + ``<version>/<subset>/*.parquet``,
+    each manifest validated like a local one."""
+    from macpo.store import validate_manifest
+
     out = []
     for manifest_path in sorted(folder.glob("*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
+        where = f"{dataset}/{manifest_path.parent.name}"
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+        except (ValueError, RecursionError) as exc:
+            raise UserError(f"{where}: corrupt manifest ({str(exc).splitlines()[0][:200]})") from None
+        validate_manifest(manifest, manifest_path.parent, where)
         out.append(VersionSource(dataset, manifest_path.parent.name, manifest_path.parent, manifest))
     return out
 
@@ -110,14 +147,52 @@ def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Pa
     )
 
 
-def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
-    """A sandboxed, read-only DuckDB connection with the views over ``sources``."""
+def _private_temp_dir() -> Path:
+    """DuckDB adds its temp directory to ``allowed_directories``; the default is ``<cwd>/.tmp/``,
+    which would let a query read and write there. A fresh 0700 folder, removed at exit, holds
+    only this connection's spill files."""
+    path = Path(tempfile.mkdtemp(prefix="macpo-sql-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _lock_down(con, files: list[str], temp_dir: Path) -> None:
+    """Sandbox ``con`` to ``files`` and ``temp_dir``, lock it, and check what DuckDB reports."""
+    con.execute(f"SET temp_directory={_q(temp_dir)}")
+    con.execute("SET allowed_directories=[]")
+    con.execute("SET allowed_paths=[" + ", ".join(_q(f) for f in files) + "]")
+    con.execute("SET enable_external_access=false")
+    con.execute("SET lock_configuration=true")
+    settings = dict(con.execute(
+        "SELECT name, value FROM duckdb_settings() WHERE name IN "
+        "('allowed_directories', 'allowed_paths', 'enable_external_access', 'lock_configuration')"
+    ).fetchall())
+
+    def listed(value: str) -> set[str]:
+        inner = value.strip()[1:-1].strip()
+        return {v.strip() for v in inner.split(", ")} if inner else set()
+
+    # A bug here is an internal invariant, not a user mistake: a traceback is right.
+    extra_dirs = listed(settings["allowed_directories"]) - {str(temp_dir), str(temp_dir) + "/"}
+    extra_paths = listed(settings["allowed_paths"]) - set(files)
+    if extra_dirs or extra_paths or settings["enable_external_access"] != "false" or settings["lock_configuration"] != "true":
+        raise RuntimeError(f"DuckDB sandbox is wider than the store's data: {settings}")
+
+
+def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None):
+    """A sandboxed, read-only DuckDB connection with the views over ``sources``.
+
+    The connection can open the data (and facts) files of ``sources`` and nothing else;
+    ``allowed_dirs`` is accepted for compatibility and ignored: whole folders are too wide,
+    since a folder that can be read can also be written (``COPY ... TO``).
+    """
     import duckdb
 
     con = duckdb.connect(config={"threads": 2})
     per_kind: dict[str, list[str]] = {k: [] for k in KINDS}
     per_kind_facts: dict[str, list[str]] = {k: [] for k in KINDS}
     dataset_rows, subset_rows = [], []
+    opened: list[str] = []
     for src in sources:
         m = src.manifest
         dataset_rows.append(
@@ -130,12 +205,15 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
         stored_facts = fact_files(src.root, m)
         for subset, entry in m["subsets"].items():
             kind = entry["kind"]
-            files = "[" + ", ".join(_q((src.root / f).resolve()) for f in entry["files"]) + "]"
+            data = [str((src.root / f).resolve()) for f in entry["files"]]
+            opened += data
+            files = "[" + ", ".join(_q(d) for d in data) + "]"
             label = f"{_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset"
             per_kind.setdefault(kind, []).append(f"SELECT {label}, *{_text_columns(kind)} FROM read_parquet({files})")
-            per_kind_facts.setdefault(kind, []).append(
-                _facts_source(kind, label, [src.root / f for f in entry["files"]], stored_facts and stored_facts[subset])
-            )
+            facts = stored_facts and stored_facts[subset]
+            if facts:
+                opened += [str(f.resolve()) for f in facts]
+            per_kind_facts.setdefault(kind, []).append(_facts_source(kind, label, [src.root / f for f in entry["files"]], facts))
             subset_rows.append(
                 f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset, "
                 f"{_q(kind)} AS kind, {entry['rows']}::BIGINT AS n_rows, {_q(entry['content_hash'])} AS content_hash"
@@ -160,15 +238,37 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path]):
         "CREATE VIEW rounds AS SELECT dataset, CAST(regexp_extract(version, 'round-(\\d+)$', 1) AS INTEGER) AS round, "
         "version, content_hash, parent_hash, config_hash, n_rows, created_at FROM datasets WHERE regexp_matches(version, '^round-\\d+$')"
     )
-    dirs = "[" + ", ".join(_q(str(Path(d).resolve()) + "/") for d in allowed_dirs) + "]"
-    con.execute(f"SET allowed_directories={dirs}")
-    con.execute("SET enable_external_access=false")
-    con.execute("SET lock_configuration=true")
+    _lock_down(con, sorted(set(opened)), _private_temp_dir())
     return con
 
 
+def _explained(con, text: str):
+    """The statements an ``EXPLAIN [ANALYZE] [(options)]`` statement wraps, found with DuckDB's
+    own tokenizer (comments skipped), then parsed by DuckDB again."""
+    import duckdb
+
+    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment]
+    i = 1  # tokens[0] is EXPLAIN
+    if i < len(tokens) and tokens[i][1] == duckdb.token_type.keyword:
+        word = text[tokens[i][0]:].split(None, 1)[0].upper()
+        if word in ("ANALYZE", "ANALYSE"):
+            i += 1
+    if i < len(tokens) and text[tokens[i][0]] == "(":  # an option list: (FORMAT json, ...)
+        depth = 0
+        while i < len(tokens):
+            ch = text[tokens[i][0]]
+            depth += ch == "("
+            depth -= ch == ")"
+            i += 1
+            if depth == 0:
+                break
+    if i >= len(tokens):
+        return []
+    return con.extract_statements(text[tokens[i][0]:])
+
+
 def check_read_only(con, sql: str):
-    """Parse ``sql`` into statements; refuse anything but SELECT/EXPLAIN."""
+    """Parse ``sql`` into statements; refuse anything but SELECT, and EXPLAIN of a SELECT."""
     import duckdb
 
     try:
@@ -179,24 +279,89 @@ def check_read_only(con, sql: str):
         raise UserError("no SQL statement given")
     for st in statements:
         kind = st.type.name
-        if kind not in ALLOWED_STATEMENTS:
-            raise UserError(f"refused: {kind} statements are not allowed; macpo sql is read-only (SELECT/EXPLAIN only)")
+        if kind == "EXPLAIN":
+            try:
+                inner = _explained(con, st.query)
+            except duckdb.Error as exc:
+                raise UserError(f"SQL does not parse: {str(exc).splitlines()[0]}") from None
+            if len(inner) != 1 or inner[0].type.name != "SELECT":
+                shown = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
+                raise UserError(f"refused: EXPLAIN of {shown}; macpo sql is read-only (EXPLAIN only over a SELECT)")
+        elif kind != "SELECT":
+            raise UserError(f"refused: {kind} statements are not allowed; macpo sql is read-only (SELECT, or EXPLAIN of a SELECT)")
     return statements
 
 
 def run_query(con, sql: str):
-    """Run read-only SQL; return (column names, rows) of each statement."""
-    import duckdb
-
+    """Run read-only SQL; return (column names, rows) of each statement (all rows: for tests
+    and small results; the CLI streams with ``stream_query``)."""
     results = []
     for st in check_read_only(con, sql):
-        try:
-            rel = con.execute(st.query)
-            cols = [d[0] for d in rel.description or []]
-            results.append((cols, rel.fetchall()))
-        except duckdb.Error as exc:
-            raise UserError(f"query failed: {str(exc).splitlines()[0]}") from None
+        cols, rows = None, []
+        for cols, batch in stream_query(con, st.query):
+            rows += batch
+        results.append((cols or [], rows))
     return results
+
+
+def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = None, batch_rows: int = BATCH_ROWS):
+    """Yield ``(column names, rows)`` batches of one checked statement as DuckDB produces them.
+
+    The query runs in a worker thread: DuckDB does not return to Python while it executes, so
+    Ctrl-C in the main thread would wait for the whole query. The main thread waits on the
+    batches instead; on Ctrl-C or ``timeout`` it calls ``con.interrupt()``, which stops DuckDB
+    within milliseconds. ``max_rows`` (0: all) stops fetching once that many rows are out.
+    """
+    import duckdb
+
+    batches: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def work():
+        try:
+            result = con.execute(query)
+            cols = [d[0] for d in result.description or []]
+            sent = 0
+            while not stop.is_set():
+                want = batch_rows if not max_rows else min(batch_rows, max_rows - sent)
+                rows = result.fetchmany(want) if want > 0 else []
+                batches.put(("rows", cols, rows))
+                sent += len(rows)
+                if not rows or len(rows) < want or (max_rows and sent >= max_rows):
+                    break
+            batches.put(("done", cols, None))
+        except BaseException as exc:  # handed to the main thread
+            batches.put(("error", None, exc))
+
+    worker = threading.Thread(target=work, name="macpo-sql-query", daemon=True)
+    deadline = time.monotonic() + timeout if timeout else None
+    worker.start()
+    try:
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise UserError(f"query stopped after --timeout {timeout:g} s (raise it, or --timeout 0 for none)")
+            try:
+                what, cols, payload = batches.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if what == "error":
+                if isinstance(payload, duckdb.Error):
+                    raise UserError(f"query failed: {str(payload).splitlines()[0]}") from None
+                raise payload
+            if what == "done":
+                return
+            if payload or cols is not None:
+                yield cols, payload
+    finally:
+        if worker.is_alive():
+            stop.set()
+            con.interrupt()
+            while worker.is_alive():  # unblock a worker waiting to put a batch
+                try:
+                    batches.get_nowait()
+                except queue.Empty:
+                    pass
+                worker.join(0.05)
 
 
 def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None = None, version: str | None = None):
@@ -204,52 +369,134 @@ def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None
 
     store = Store(store_dir)
     sources = store_sources(store, dataset, version)
-    allowed = [store.root]
     for ref in hub or []:
         from macpo.builder.publish import snapshot
 
         folder, _sha = snapshot(ref)
         name = ref.partition("@")[0].replace("/", "--")
         sources += snapshot_sources(Path(folder), name)
-        allowed.append(Path(folder))
-    return connect(sources, allowed)
+    return connect(sources)
 
 
 def _cell(v):
     if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False, default=str)
+        return json.dumps(_json_value(v), ensure_ascii=False)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
     return "" if v is None else str(v)
 
 
+def _json_value(v):
+    """A Python value from DuckDB as strict JSON: no NaN/Infinity (null), blobs as base64."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, decimal.Decimal):
+        return (int(v) if v == v.to_integral_value() else float(v)) if v.is_finite() else None
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    return str(v)  # intervals, ...
+
+
+class _Writer:
+    """Writes result batches in one format as they arrive."""
+
+    def __init__(self, fmt: str, out):
+        self.fmt, self.out, self.rows, self.widths, self.cols = fmt, out, 0, None, None
+        self.csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+
+    def batch(self, cols, rows) -> None:
+        if self.cols is None:
+            self.cols = cols
+            if self.fmt == "csv":
+                self.csv.writerow(cols)
+            elif self.fmt == "json":
+                self.out.write("[")
+        if self.fmt == "csv":
+            self.csv.writerows([[_cell(v) for v in r] for r in rows])
+        elif self.fmt == "json":
+            for r in rows:
+                self.out.write(("\n" if self.rows == 0 else ",\n")
+                               + json.dumps({c: _json_value(v) for c, v in zip(cols, r)}, ensure_ascii=False, allow_nan=False))
+                self.rows += 1
+            self.out.flush()
+            return
+        else:
+            cells = [[_cell(v).replace("\n", "\\n") for v in r] for r in rows]
+            cells = [[c if len(c) <= 60 else c[:57] + "..." for c in r] for r in cells]
+            if self.widths is None:  # from the first batch: later batches are streamed, not re-measured
+                self.widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+                self.out.write(self._line(cols) + "\n" + "-+-".join("-" * w for w in self.widths) + "\n")
+            for r in cells:
+                self.out.write(self._line(r) + "\n")
+        self.rows += len(rows)
+        self.out.flush()
+
+    def _line(self, vals) -> str:
+        return " | ".join(v.ljust(w) for v, w in zip(vals, self.widths)).rstrip()
+
+    def end(self, truncated: bool, max_rows: int) -> None:
+        if self.cols is None:
+            self.batch([], [])
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.rows else "]\n")
+        elif self.fmt == "table":
+            more = f"; stopped at --max-rows {max_rows}, pass --max-rows 0 for all" if truncated else ""
+            self.out.write(f"({self.rows} row{'s' if self.rows != 1 else ''}{more})\n")
+        self.out.flush()
+        if truncated and self.fmt != "table":
+            print(f"macpo sql: note: output stopped at --max-rows {max_rows}", file=sys.stderr)
+
+
 def print_result(cols, rows, fmt: str, out=sys.stdout) -> None:
-    if fmt == "csv":
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(cols)
-        w.writerows([[_cell(v) for v in r] for r in rows])
-    elif fmt == "json":
-        json.dump([dict(zip(cols, r)) for r in rows], out, ensure_ascii=False, default=str, indent=1)
-        out.write("\n")
-    else:
-        cells = [[_cell(v).replace("\n", "\\n") for v in r] for r in rows]
-        cells = [[c if len(c) <= 60 else c[:57] + "..." for c in r] for r in cells]
-        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-        line = lambda vals: " | ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
-        out.write(line(cols) + "\n" + "-+-".join("-" * w for w in widths) + "\n")
-        for r in cells:
-            out.write(line(r) + "\n")
-        out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+    w = _Writer(fmt, out)
+    w.batch(cols, rows)
+    w.end(False, 0)
 
 
 def main(argv: list[str]) -> int:
     p = make_parser("sql", __doc__)
-    p.add_argument("query", help="SQL: SELECT or EXPLAIN only")
+    p.add_argument("query", help="SQL: SELECT, or EXPLAIN of a SELECT")
     p.add_argument("--store", required=True, help="store directory")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"], help="output format")
     p.add_argument("--hub", action="append", metavar="ORG/NAME[@REV]", help="also attach a published Hub dataset (local snapshot)")
+    p.add_argument("--max-rows", type=int, default=None, metavar="N",
+                   help=f"stop after N rows per statement; 0 = all (default {TABLE_MAX_ROWS} for table, all for csv/json)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help=f"stop a statement after S seconds; 0 = none (default {TABLE_TIMEOUT_S:g} for table, none for csv/json)")
     args = p.parse_args(argv)
+    terminal = args.format == "table"
+    max_rows = args.max_rows if args.max_rows is not None else (TABLE_MAX_ROWS if terminal else 0)
+    timeout = args.timeout if args.timeout is not None else (TABLE_TIMEOUT_S if terminal else 0)
+    if max_rows < 0 or timeout < 0:
+        raise UserError("--max-rows and --timeout must be >= 0")
     con = open_store(args.store, args.hub)
-    for cols, rows in run_query(con, args.query):
-        print_result(cols, rows, args.format)
+    try:
+        for st in check_read_only(con, args.query):
+            writer = _Writer(args.format, sys.stdout)
+            for cols, rows in stream_query(con, st.query, max_rows=max_rows + 1 if max_rows else 0, timeout=timeout or None):
+                room = max_rows - writer.rows if max_rows else len(rows)
+                writer.batch(cols, rows[:room])
+                if max_rows and len(rows) > room:
+                    writer.end(True, max_rows)
+                    break
+            else:
+                writer.end(False, max_rows)
+    except BrokenPipeError:  # `macpo sql ... | head`: the reader has what it wanted
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     return 0
 
 

@@ -1,7 +1,13 @@
 """``macpo status``: what a store holds — datasets, versions, row counts, content hashes.
 
-For a store made by ``macpo run``, it also shows where the run stands (the run's
-``run-state.json`` next to the store, written by the orchestrator).
+``--verify`` also re-reads every version: each file's size and sha256 against its manifest,
+then each subset's rows re-hashed against its content hash. Any damage (a byte flipped, a
+shard replaced by other valid rows, a file missing) is named per version and file, and the
+command exits 2. Without it, a manifest that fails validation is shown and exits 2 too.
+
+Temporary ``.tmp-*`` folders left by a killed writer are listed; the next write to that
+dataset removes them. For a store made by ``macpo run``, status also shows where the run
+stands (the run's ``run-state.json`` next to the store, written by the orchestrator).
 """
 
 from __future__ import annotations
@@ -10,27 +16,58 @@ import json
 import sys
 
 from macpo.cliutil import make_parser
+from macpo.errors import UserError
 
 
-def collect(store) -> dict:
+def collect(store, verify: bool = False) -> dict:
     out = {"store": str(store.root), "datasets": []}
-    for name in store.datasets():
+    names = store.datasets()
+    bar = None
+    if verify:
+        from tqdm.auto import tqdm
+
+        total = sum(len(store.versions(n)) for n in names)
+        bar = tqdm(total=total, desc="verifying", unit="version", file=sys.stderr, disable=None, leave=False)
+    for name in names:
         versions = []
         for v in store.versions(name):
-            m = store.manifest(name, v)
-            versions.append(
-                {
-                    "version": v,
-                    "content_hash": m["content_hash"],
-                    "parent_hash": m.get("parent_hash"),
-                    "created_at": m.get("created_at"),
-                    "subsets": {s: {"kind": e["kind"], "rows": e["rows"]} for s, e in m["subsets"].items()},
-                }
-            )
+            try:
+                m = store.manifest(name, v)
+            except UserError as exc:
+                versions.append({"version": v, "error": str(exc)})
+                if bar is not None:
+                    bar.update(1)
+                continue
+            entry = {
+                "version": v,
+                "content_hash": m["content_hash"],
+                "parent_hash": m.get("parent_hash"),
+                "created_at": m.get("created_at"),
+                "subsets": {s: {"kind": e["kind"], "rows": e["rows"]} for s, e in m["subsets"].items()},
+            }
+            if verify:
+                entry["damage"] = store.verify(name, v)
+                bar.update(1)
+            versions.append(entry)
         out["datasets"].append({"name": name, "versions": versions})
+    if bar is not None:
+        bar.close()
+    out["stale_tmp"] = [str(p.relative_to(store.root)) for p in store.stale_tmp()]
     state = store.root / "run-state.json"
     if state.is_file():
         out["run"] = json.loads(state.read_text())
+    return out
+
+
+def problems(info: dict) -> list[str]:
+    """``NAME/VERSION (what is wrong; ...)`` of every version with an invalid manifest or damage."""
+    out = []
+    for ds in info["datasets"]:
+        for v in ds["versions"]:
+            if v.get("error"):
+                out.append(v["error"])
+            elif v.get("damage"):
+                out.append(f"{ds['name']}/{v['version']} ({'; '.join(v['damage'])})")
     return out
 
 
@@ -41,8 +78,16 @@ def render(info: dict) -> str:
     for ds in info["datasets"]:
         lines.append(f"  {ds['name']}")
         for v in ds["versions"]:
+            if v.get("error"):
+                lines.append(f"    {v['version']:<10} INVALID  {v['error']}")
+                continue
             subsets = ", ".join(f"{s}={e['rows']}" for s, e in v["subsets"].items())
-            lines.append(f"    {v['version']:<10} {v['content_hash'][:23]}  {v['created_at'] or '':<20}  {subsets}")
+            mark = "" if "damage" not in v else ("  DAMAGED" if v["damage"] else "  verified")
+            lines.append(f"    {v['version']:<10} {v['content_hash'][:23]}  {v['created_at'] or '':<20}  {subsets}{mark}")
+            for problem in v.get("damage") or []:
+                lines.append(f"      ! {problem}")
+    for tmp in info.get("stale_tmp", []):
+        lines.append(f"  stale temporary folder {tmp} (left by a killed writer; the next write removes it)")
     run = info.get("run")
     if run:
         done = sum(1 for s in run.get("steps", []) if s.get("status") == "done")
@@ -56,11 +101,16 @@ def main(argv: list[str]) -> int:
     p = make_parser("status", __doc__)
     p.add_argument("--store", required=True, help="store directory")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="recompute every file's sha256 and every subset's content hash; exit 2 on damage")
     args = p.parse_args(argv)
     from macpo.store import Store
 
-    info = collect(Store(args.store))
-    print(json.dumps(info, indent=1) if args.json else render(info))
+    info = collect(Store(args.store), verify=args.verify)
+    print(json.dumps(info, indent=1) if args.json else render(info), flush=True)
+    bad = problems(info)
+    if bad:
+        raise UserError(f"{len(bad)} damaged or invalid version{'s' if len(bad) != 1 else ''}: " + " | ".join(bad))
     return 0
 
 

@@ -98,6 +98,15 @@ def test_schema_validated_on_write_and_read(tmp_path):
     t = t.set_column(t.schema.get_field_index("round"), "round", pa.array(["x"] * t.num_rows))
     os.chmod(path, 0o644)
     pq.write_table(t, path)
+    # The cheap size check sees the rewrite first...
+    with pytest.raises(UserError, match=r"run/round-1 is damaged: default/train-00000-of-00001.parquet: \d+ bytes"):
+        store.read("run", "round-1", "default")
+    # ...and with a manifest forged to match, the schema check still names the column.
+    mpath = tmp_path / "run" / "round-1" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["files"]["default/train-00000-of-00001.parquet"]["size"] = path.stat().st_size
+    os.chmod(mpath, 0o644)
+    mpath.write_text(json.dumps(m))
     with pytest.raises(UserError, match=r"run/round-1/default: column 'round'"):
         store.read("run", "round-1", "default")
 
