@@ -5,6 +5,9 @@
 - ``--round N``: every agent's round-N model answers the held-out prompts (greedy unless ``eval.greedy: false``); each
   answer is scored per axis — the gold reward in the sandbox, and any sequence-classification
   reward models named in ``eval.reward_models`` — and written as ``<name>-evals/round-N``.
+- ``--gates`` (sandbox weak-to-strong runs): the premise gates at round 0 (pretrained student below
+  every teacher, gold ceiling and naive gaps, zero test overlap by SQL, filter vs random pick) in
+  ``OUT/gates.json`` (:mod:`macpo.eval.sandbox.gates`).
 - ``--report``: the round x agent table, ``metrics.csv``, win rates against the round-0
   student, PNG plots and ``report.md`` in the run's output folder.
 """
@@ -31,11 +34,11 @@ def prepare(cfg: RunConfig) -> None:
     layout = RunLayout(cfg)
     store = Store(layout.store_dir, create=True)
     if is_sandbox(cfg):
-        from macpo.eval import sandbox_models, world
+        from macpo.eval import sandbox
 
         names = [f"teacher-{k}" for k in range(cfg.K)] + ["student"]
-        sandbox_models.prepare_models(cfg.world, names=names)
-        world.write_world(store, layout.data_dataset, cfg.world)
+        sandbox.prepare_models(cfg.world, names=names)
+        sandbox.write_world(store, layout.data_dataset, cfg.world)
         return
     split_offline_data(cfg, store, layout.data_dataset)
 
@@ -76,8 +79,26 @@ def split_offline_data(cfg: RunConfig, store, name: str) -> None:
 
 
 # ---- one round -------------------------------------------------------------------------------
-def eval_agents(cfg: RunConfig) -> list[str]:
-    return ["student"] if cfg.method in {"spac", "spin", "dpo"} else cfg.agent_names()
+def eval_agents(cfg: RunConfig, round_: int | None = None) -> list[str]:
+    if cfg.method in {"spac", "spin", "dpo"}:
+        return ["student"]
+    if round_ == 0 and has_premise_gates(cfg):
+        from macpo.eval.sandbox.gates import CEILING, PRETRAINED
+
+        return [*cfg.agent_names(), PRETRAINED, CEILING]
+    return cfg.agent_names()
+
+
+def has_premise_gates(cfg: RunConfig) -> bool:
+    """Sandbox weak-to-strong runs measure the premise gates (pretrained student and gold ceiling
+    evaluated at round 0)."""
+    return is_sandbox(cfg) and cfg.method in {"macpo", "naive-w2s"}
+
+
+def _agent_model(layout: RunLayout, agent: str, round_: int):
+    from macpo.eval.sandbox.gates import PRETRAINED
+
+    return layout.base_model("student") if agent == PRETRAINED else layout.require_model(agent, round_)
 
 
 def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
@@ -97,8 +118,9 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     params = (SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens, seed=cfg.seed) if cfg.eval.greedy
               else SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, 1, cfg.seed))
     rows = []
-    for agent in eval_agents(cfg):
-        model = layout.require_model(agent, round_)
+    agents = eval_agents(cfg, round_)
+    for agent in agents:
+        model = _agent_model(layout, agent, round_)
         gen = generator_for(cfg.generation, layout.model_source(agent, model), batch_size=cfg.eval.batch_size,
                             progress=progress, seed=cfg.seed)
         texts = [s[0] for s in gen.generate(prompts, params)]
@@ -108,17 +130,17 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
                          "response": [{"role": "assistant", "content": text}], "scores": sc})
     table = pa.Table.from_pylist(rows)
     return store.write(layout.evals_dataset, f"round-{round_}", {"default": Subset("evals", table)},
-                       config=cfg.to_dict(), models={a: str(layout.require_model(a, round_)) for a in eval_agents(cfg)},
+                       config=cfg.to_dict(), models={a: str(_agent_model(layout, a, round_)) for a in agents},
                        extra={"generation": backend_record(cfg.generation)})
 
 
 def score_responses(cfg: RunConfig, metas, prompts, texts) -> list[list[dict]]:
     out = [[] for _ in texts]
     if is_sandbox(cfg):
-        from macpo.eval import world
+        from macpo.eval import sandbox
 
         for i, (meta, text) in enumerate(zip(metas, texts)):
-            for axis, value in world.gold_reward(meta, text).items():
+            for axis, value in sandbox.gold_reward(meta, text).items():
                 if value is not None:
                     out[i].append({"axis": axis, "scorer": "gold", "value": float(value)})
     for axis, checkpoints in (cfg.eval.reward_models or {}).items():
@@ -137,6 +159,8 @@ def main(argv: list[str]) -> int:
     what.add_argument("--round", type=int, help="evaluate every agent's round-N model")
     what.add_argument("--report", action="store_true", help="write report.md, metrics.csv and plots")
     what.add_argument("--prepare", action="store_true", help="prepare the run's data (and sandbox models)")
+    what.add_argument("--gates", action="store_true",
+                      help="sandbox runs: measure the weak-to-strong premise gates at round 0 and write OUT/gates.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
@@ -146,6 +170,15 @@ def main(argv: list[str]) -> int:
     if args.prepare:
         prepare(cfg)
         print(f"data ready in {RunLayout(cfg).store_dir}")
+    elif args.gates:
+        if not has_premise_gates(cfg):
+            raise UserError("--gates needs a sandbox run of method macpo or naive-w2s")
+        from macpo.eval.sandbox import gates
+
+        result = gates.compute(cfg)
+        path = gates.write(result, RunLayout(cfg).out)
+        print(gates.render(result["gates"]))
+        print(f"gates: {path}")
     elif args.report:
         from macpo.eval.report import write_report
 

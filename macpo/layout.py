@@ -62,7 +62,7 @@ class RunLayout:
     def agent_spec(self, agent: str):
         """The configured AgentSpec of ``agent`` (``student``, ``teacher-k``, or their ``-neg``)."""
         name = agent.removesuffix("-neg")
-        if name == "student":
+        if name == "student" or name.startswith("student-"):  # student-ceiling, student-pretrained
             return self.cfg.student
         try:
             return self.cfg.teachers[int(name.split("-")[1])]

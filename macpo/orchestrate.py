@@ -25,6 +25,8 @@ from macpo.cliutil import make_parser, parse_kv
 from macpo.config import RunConfig
 from macpo.errors import UserError
 from macpo.hashing import json_hash
+from macpo.eval.cli import has_premise_gates
+from macpo.eval.sandbox.gates import CEILING
 from macpo.layout import RunLayout
 
 # -P: never put the caller's working directory on sys.path, or a stray h11.py there shadows a library.
@@ -109,6 +111,10 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
                           config_sections=("eval",)))
         return steps[-1].name
 
+    def premise_gates(deps: list[str]):
+        steps.append(Step("premise gates", [*CLI, "eval", *conf, "--gates"], lambda: (layout.out / "gates.json").is_file(),
+                          deps=deps, config_sections=("eval",)))
+
     teachers = cfg.teacher_names()
     md = lambda a, r: str(layout.model_dir(a, r))  # noqa: E731
     if cfg.method in {"macpo", "naive-w2s"}:
@@ -122,12 +128,19 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         jobs = [job("student", 0, "student_sft", "round-0-labels", "weak-labels", None)]
         if cfg.method == "macpo":
             jobs.append(job("student-neg", 0, "student_neg_sft", "round-0-labels", "weak-negatives", md("student", 0)))
+        gates = has_premise_gates(cfg)
+        if gates:  # the gold ceiling: the student SFT'd on gold responses for Q, with the naive budget
+            jobs.append(job(CEILING, 0, "student_sft", "round-0-labels", "gold-labels", None))
         s0 = train("train student round-0", jobs, [b1])
         last = [build(0, "final", "round-0", [s0])]
         e = evaluate(0, last + [t0])
         rounds = cfg.T if cfg.method == "macpo" else 0
+        if gates and rounds == 0:
+            premise_gates([e])
         for t in range(1, rounds + 1):
             b = build(t, None, f"round-{t}", last + [e])
+            if gates and t == 1:  # round-1 candidates are the round-0 models' outputs: the filter gate reads them
+                premise_gates([b, e])
             learners = ["student"] + (teachers if cfg.update_teachers else [])
             last = [train(f"train agents round-{t}", [job(a, t, "dpo", f"round-{t}", a, md(a, t - 1)) for a in learners], [b])]
             e = evaluate(t, last)
@@ -252,12 +265,12 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     sandbox = [a for a in [cfg.student, *cfg.teachers] if a.model.startswith("sandbox:")]
     if not sandbox:
         return cfg
-    from macpo.eval import sandbox_models
+    from macpo.eval import sandbox
 
     def fix(spec):
         if not spec.model.startswith("sandbox:"):
             return spec
-        return dataclasses.replace(spec, model=str(sandbox_models.model_dir(cfg.world, spec.model.split(":", 1)[1])))
+        return dataclasses.replace(spec, model=str(sandbox.model_dir(cfg.world, spec.model.split(":", 1)[1])))
 
     return dataclasses.replace(cfg, student=fix(cfg.student), teachers=[fix(t) for t in cfg.teachers])
 
@@ -279,12 +292,30 @@ def demo_config_path() -> Path:
 
 
 def summarize(cfg: RunConfig) -> str:
-    """The three numbers a user cares about, from the report's metrics.json."""
+    """What a user must see whatever it is: the premise gates (sandbox), every agent's round-0
+    and final scores, and the headline numbers, from gates.json and the report's metrics.json."""
     path = Path(cfg.out) / "metrics.json"
     if not path.is_file():
         return ""
     m = json.loads(path.read_text())
     lines = [f"report: {Path(cfg.out) / 'report.md'}"]
+    gates_path = Path(cfg.out) / "gates.json"
+    if gates_path.is_file():
+        from macpo.eval.sandbox.gates import render
+
+        try:
+            lines.append(render(json.loads(gates_path.read_text())["gates"]))
+        except (ValueError, KeyError, TypeError):
+            lines.append(f"premise gates: {gates_path} is unreadable")
+    rows = [r for r in m.get("rows") or [] if isinstance(r, dict) and not str(r.get("agent", "")).startswith("gate:")]
+    final = max((r.get("round", 0) for r in rows), default=0)
+    cols = [c for c in ("combined", "helpful", "harmless", "protocol_rate", "content_accuracy", "refusal_rate",
+                        "over_refusal_rate", "reward") if any(r.get(c) is not None for r in rows)]
+    if rows and cols:
+        lines.append(f"  {'round':>5}  {'agent':<20}" + "".join(f"{c.replace('_rate', '').replace('_accuracy', ''):>13}" for c in cols))
+        for r in sorted((r for r in rows if r.get("round") in (0, final)), key=lambda r: (r.get("round"), r.get("agent"))):
+            cells = "".join(f"{r[c]:>13.3f}" if isinstance(r.get(c), (int, float)) else f"{'-':>13}" for c in cols)
+            lines.append(f"  {r.get('round'):>5}  {str(r.get('agent')):<20}{cells}")
     for key, label in (("student_round0", "student gold reward, round 0 (naive weak-to-strong)"),
                        ("student_final", f"student gold reward, after round {cfg.T}"),
                        ("best_teacher", "best teacher gold reward")):

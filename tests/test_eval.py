@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from macpo import config as config_mod
-from macpo.eval import world
+from macpo.eval import sandbox as world
 from macpo.eval.judges import reward_model_scores, win_rate
 from macpo.eval.report import write_report
 from macpo.layout import RunLayout

@@ -5,11 +5,13 @@ import json
 import pytest
 
 from macpo.errors import UserError
-from macpo.eval import sandbox_models as M
-from macpo.eval import world as W
+from macpo.eval.sandbox import corpus as C
+from macpo.eval.sandbox import models as M
+from macpo.eval.sandbox import reward as R
+from macpo.eval.sandbox import world as W
 
 TINY = {
-    "sizes": {"dw": 40, "q": 40, "test": 40},
+    "sizes": {"dw": 40, "q": 40, "val": 16, "test": 40},
     "models": {
         "teacher-0": {"hidden": 16, "layers": 1, "steps": 3, "lr": 1e-3},
         "teacher-1": {"hidden": 16, "layers": 1, "steps": 2, "lr": 1e-3},
@@ -40,12 +42,28 @@ def test_every_world_word_is_one_token(tok):
 
 
 def test_world_text_round_trips(tok):
-    world = W.build({"sizes": {"dw": 60, "q": 0, "test": 60}})
+    world = W.build({"sizes": {"dw": 60, "q": 0, "val": 0, "test": 60}})
     texts = [p.text for p in world.test] + [p.chosen for p in world.dw] + [p.rejected for p in world.dw]
+    texts += [C.text(d) for d in C.documents(world.cfg, 0, 200)]
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.unk_token_id not in ids
         assert tok.decode(ids) == text
+
+
+def test_documents_encode_like_the_tokenizer_and_train_only_what_they_teach(tok):
+    vocab = tok.get_vocab()
+    for doc in C.documents(W.resolve({}), 0, 300):
+        ids, loss = M.encode_document(doc, vocab)
+        assert ids == tok(C.text(doc), add_special_tokens=False)["input_ids"]
+        trained = [w for w, m in zip(C.text(doc).split(), loss) if m]
+        if doc["kind"] == "chat":  # the answer and the user turn that follows it, never the prompt
+            assert trained == doc["answer"].split() + [M.USER]
+        elif doc["kind"] == "policy":
+            assert trained[0] == "is" and trained[-2] in ("harmful", "fine")
+    # The chat markers survive decoding (a response that runs on shows it); EOS does not.
+    ids = tok("6 8 <|user|> what", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert tok.decode(ids, skip_special_tokens=True) == "6 8 <|user|> what"
 
 
 def test_chat_template_prompt_is_token_prefix(tok):
@@ -67,8 +85,10 @@ def test_cache_key_follows_world_model_and_pretraining():
     assert base == M.cache_key(json.loads(json.dumps(TINY)), "student")
     # Data draws and thread counts do not change the weights; the world's language does.
     assert M.cache_key(_tiny(seed=5, sizes={"dw": 1, "q": 1, "test": 1}), "student") == base
-    assert M.cache_key(_tiny(pretrain={**TINY["pretrain"], "threads": 2}), "student") == base
-    assert M.cache_key(_tiny(corpus={"harmful_refuse": 0.9}), "student") != base
+    # Thread counts change float sums, so they are part of the key (results depend on the config only).
+    assert M.cache_key(_tiny(pretrain={**TINY["pretrain"], "threads": 2}), "student") != base
+    assert M.cache_key(_tiny(corpus={"docs": {"policy": 0.5}}), "student") != base
+    assert M.cache_key(_tiny(heldout=0.3), "student") != base
     assert M.cache_key(_tiny(lsd_first=False), "student") != base
     assert M.cache_key(_tiny(pretrain={**TINY["pretrain"], "seed": 1}), "student") != base
     changed = _tiny()
@@ -106,7 +126,7 @@ def test_prepare_models_trains_once_then_hits_the_cache(tmp_path, monkeypatch):
     assert M.prepare_models(TINY, progress=False) == dirs  # a cache hit trains nothing
     assert calls == []
 
-    changed = _tiny(corpus={"harmful_refuse": 0.9})
+    changed = _tiny(corpus={"docs": {"policy": 0.9}})
     again = M.prepare_models(changed, names=["teacher-1"], progress=False)
     assert calls == ["teacher-1"] and again["teacher-1"] != dirs["teacher-1"]
 
@@ -131,7 +151,7 @@ def test_generate_scores_with_gold_reward(tmp_path, monkeypatch):
     world = W.build(TINY)
     responses = M.generate(model, tok, [p.text for p in world.test[:16]], batch_size=8, max_new_tokens=6)
     assert len(responses) == 16 and all(isinstance(r, str) for r in responses)
-    agg = W.aggregate([p.meta for p in world.test[:16]], responses)
+    agg = R.aggregate([p.meta for p in world.test[:16]], responses)
     assert 0.0 <= agg["combined"] <= 1.0
 
 
@@ -148,15 +168,26 @@ def test_micro_batches_give_the_full_batch_gradient():
         model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n).loss.backward()
     split = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    rows = [ids[i, : int(mask[i].sum())].tolist() for ids, mask, _ in parts for i in range(ids.shape[0])]
-    ids, mask, labels = M._tensors(rows, tok.pad_token_id, tok.convert_tokens_to_ids(M.ASSISTANT))
+    rows = [(ids[i, : int(mask[i].sum())].tolist(), (labels[i, : int(mask[i].sum())] != -100).long().tolist())
+            for ids, mask, labels in parts for i in range(ids.shape[0])]
+    ids, mask, labels = M._tensors(rows, tok.pad_token_id)
     model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     for a, p in zip(split, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-6)
-    # Only responses (after the assistant marker) carry loss.
-    first = rows[0]
-    start = first.index(tok.convert_tokens_to_ids(M.ASSISTANT)) + 1
-    assert (labels[0, :start] == -100).all() and labels[0, len(first) - 1] == tok.eos_token_id
+
+
+def test_pretraining_is_deterministic_for_a_pinned_thread_count():
+    import torch
+
+    tok = M.build_tokenizer()
+    cfg = W.resolve(TINY)
+    spec, pre = {"hidden": 16, "layers": 1, "steps": 4, "lr": 1e-3}, {**cfg["pretrain"], "batch_size": 8}
+    weights = []
+    for _ in range(2):
+        model = M.build_model(tok, spec, seed=0)
+        M.pretrain(model, tok, cfg, spec, pre, seed=0)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
 def test_split_point_minimises_padding():
@@ -166,21 +197,21 @@ def test_split_point_minimises_padding():
 
 
 def test_measure_reports_times_rewards_and_pgr(tmp_path, monkeypatch):
-    from macpo.config import TrainStage
-    from macpo.eval import sandbox
+    from macpo.eval.sandbox import measure
+    from macpo.trainer.train_config import TrainConfig
 
     monkeypatch.setenv("MACPO_CACHE", str(tmp_path / "cache"))
-    train = {"teacher_sft": TrainStage(loss="sft", lr=1e-3, epochs=1.0, batch_size=16),
-             "student_sft": TrainStage(loss="sft", lr=1e-3, max_steps=1, batch_size=16)}
-    out = sandbox.measure(TINY, train, teachers=["teacher-0"], progress=False)
+    train = {"teacher_sft": TrainConfig(loss="sft", lr=1e-3, epochs=1.0, batch_size=16),
+             "student_sft": TrainConfig(loss="sft", lr=1e-3, max_steps=1, batch_size=16)}
+    out = measure.measure(TINY, train, teachers=["teacher-0"], progress=False)
     assert set(out["pretrain"]) == {"teacher-0", "student"}
     assert all(info["seconds"] >= 0 and info["steps"] > 0 for info in out["pretrain"].values())
     expected = {"teacher-0 pretrained", "student pretrained", "teacher-0 SFT on D_w", "weak labels (on Q)",
-                "student naive W2S, early", "student ceiling (gold), early",
-                "student naive W2S, 3 epochs", "student ceiling (gold), 3 epochs"}
+                "student naive W2S, early (8 steps)", "student ceiling (gold), early (8 steps)",
+                "student naive W2S, config", "student ceiling (gold), config"}
     assert set(out["results"]) == expected
     assert all(0.0 <= r["combined"] <= 1.0 for r in out["results"].values())
-    assert set(out["pgr"]) == {"early", "3 epochs"}
+    assert set(out["pgr"]) == {"early (8 steps)", "config"}
 
 
 def test_demo_config_world_is_the_default_world():
@@ -197,3 +228,6 @@ def test_demo_config_world_is_the_default_world():
     assert [t.model for t in cfg.teachers] == [f"sandbox:teacher-{k}" for k in range(3)]
     ci = config.load(str(resources.files("macpo.eval") / "configs" / "ci.yaml"))
     assert ci.K == 2 and ci.T == 1 and sorted(W.resolve(ci.world)["models"]) == ["student", "teacher-0", "teacher-1"]
+    for c in (cfg, ci):  # pinned, so results depend on the config and seed only
+        assert W.resolve(c.world)["pretrain"]["threads"] >= 1
+    assert cfg.train["student_sft"].epochs == 3 and cfg.train["student_neg_sft"].epochs == 1  # the paper's

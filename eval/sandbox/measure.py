@@ -1,16 +1,12 @@
-"""The gold-reward sandbox in one import, plus a weak-to-strong gap check.
+"""Measure a sandbox world before running MACPO on it (``python -m macpo.eval.sandbox``).
 
-The world (prompts, gold answers, gold reward, D_w / Q / test) lives in
-:mod:`macpo.eval.world`; the tokenizer, tiny models, pretraining and cache in
-:mod:`macpo.eval.sandbox_models`. This module re-exports their public API and measures
-whether a world configuration has a weak-to-strong gap worth studying::
-
-    python -m macpo.eval.sandbox [--config eval/configs/demo.yaml] [--set world.seed=1]
+    python -m macpo.eval.sandbox [--config eval/configs/demo.yaml] [--set world.seed=1] [--split val]
 
 It pretrains (or loads) the sandbox models, then prints, per model, the pretraining time and the
-greedy gold reward on the test prompts, and for a quick TRL SFT: teachers on D_w (human chosen),
-the student on teacher-0's weak labels (naive weak-to-strong, early-stopped and long) and on
-gold labels (the ceiling), with the performance gap recovered (PGR).
+greedy gold metrics on the **validation** prompts (``--split test`` only for a final check):
+the pretrained models, the teachers after a TRL SFT on D_w (human chosen), and the student after
+SFT on teacher-0's weak labels (naive weak-to-strong, early-stopped and the config's budget) and
+on gold labels (the ceiling), with the performance gap recovered (PGR).
 """
 
 from __future__ import annotations
@@ -18,29 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from macpo.eval.sandbox_models import (  # noqa: F401  (re-exported API)
-    build_tokenizer,
-    cache_root,
-    generate,
-    load_model,
-    load_tokenizer,
-    model_dir,
-    prepare_models,
-    pretrain_info,
-)
-from macpo.eval.world import (  # noqa: F401  (re-exported API)
-    REFUSAL,
-    aggregate,
-    build,
-    gold_reward,
-    gold_response,
-    is_refusal,
-    write_world,
-)
+from macpo.eval.sandbox.models import load_model, load_tokenizer
 
 
 def sft(model_path: str, examples: list[tuple[str, str]], out_dir: str, *, lr: float, batch_size: int,
-        epochs: float = 1.0, max_steps: int = -1, seed: int = 0):
+        epochs: float = 1.0, max_steps: int = -1, seed: int = 0, lora_r: int = 0, lora_alpha: int = 16,
+        lora_targets: tuple = ("q_proj", "v_proj")):
     """TRL SFT (completion-only loss) of a sandbox model on (prompt, response) pairs; returns the model."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -55,10 +34,16 @@ def sft(model_path: str, examples: list[tuple[str, str]], out_dir: str, *, lr: f
         report_to="none", disable_tqdm=True, bf16=False, use_cpu=True, activation_checkpointing=False,
         seed=seed, max_length=64,
     )
+    peft = None
+    if lora_r > 0:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=list(lora_targets), task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=load_model(model_path), args=args, train_dataset=data,
-                         processing_class=load_tokenizer(model_path))
+                         processing_class=load_tokenizer(model_path), peft_config=peft)
     trainer.train()
-    return trainer.model.eval()
+    model = trainer.model
+    return (model.merge_and_unload() if peft is not None else model).eval()
 
 
 def _train(stage: Any) -> dict:
@@ -66,15 +51,16 @@ def _train(stage: Any) -> dict:
 
 
 def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
-            teachers: list[str] | None = None, progress: bool = True) -> dict:
+            teachers: list[str] | None = None, progress: bool = True, split: str = "val") -> dict:
     """Pretraining times, pretrained and SFT'd gold rewards, and the naive W2S PGR (see module doc)."""
     import tempfile
 
     import torch
 
     from macpo.config import _default_train
-    from macpo.eval import sandbox_models as M
-    from macpo.eval import world as W
+    from macpo.eval.sandbox import models as M
+    from macpo.eval.sandbox import reward as R
+    from macpo.eval.sandbox import world as W
 
     stages = dict(_default_train())
     stages.update(train or {})
@@ -84,19 +70,21 @@ def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any]
     start = time.perf_counter()
     dirs = M.prepare_models(cfg, names=teachers + ["student"], progress=progress)
     prep_seconds = time.perf_counter() - start
-    torch.set_num_threads(M._threads(cfg["pretrain"]))
+    torch.set_num_threads(M.threads(cfg["pretrain"]))
     world = W.build(cfg)
-    test_prompts, test_metas = [p.text for p in world.test], [p.meta for p in world.test]
+    held = {"val": world.val, "test": world.test}[split]
+    test_prompts, test_metas = [p.text for p in held], [p.meta for p in held]
     results: dict[str, dict] = {}
 
     def score(label: str, model, tok) -> dict:
         t = time.perf_counter()
-        agg = W.aggregate(test_metas, M.generate(model, tok, test_prompts))
+        agg = R.aggregate(test_metas, M.generate(model, tok, test_prompts))
         agg["eval_seconds"] = round(time.perf_counter() - t, 2)
         results[label] = agg
         if progress:
-            print(f"  {label:<28} helpful {agg['helpful']:.3f}  harmless {agg['harmless']:.3f}  "
-                  f"combined {agg['combined']:.3f}", flush=True)
+            print(f"  {label:<32} combined {agg['combined']:.3f}  helpful {agg['helpful']:.3f}  harmless {agg['harmless']:.3f}  "
+                  f"protocol {agg['protocol_rate']:.2f}  content {agg['content_accuracy']:.2f}  refusal {agg['refusal_rate']:.2f}  "
+                  f"over-refusal {agg['over_refusal_rate']:.2f}  | " + " ".join(f"{t} {v:.2f}" for t, v in agg["per_task"].items()), flush=True)
         return agg
 
     for name, path in dirs.items():
@@ -117,11 +105,12 @@ def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any]
         labeller = teachers[0]
         q_prompts = [p.text for p in world.q]
         weak = M.generate(sft_models[labeller], tok, q_prompts)
-        results["weak labels (on Q)"] = W.aggregate([p.meta for p in world.q], weak)
+        results["weak labels (on Q)"] = R.aggregate([p.meta for p in world.q], weak)
         gold = [W.gold_response(p.meta) for p in world.q]
         s = stages["student_sft"]
-        budgets = {"early": dict(epochs=1.0, max_steps=s.max_steps if s.max_steps > 0 else -1, lr=s.lr),
-                   "3 epochs": dict(epochs=3.0, max_steps=-1, lr=s.lr)}
+        lora = dict(lora_r=s.lora_r, lora_alpha=s.lora_alpha, lora_targets=tuple(s.lora_targets))
+        budgets = {"early (8 steps)": dict(epochs=1.0, max_steps=8, lr=s.lr, **lora),
+                   "config": dict(epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, **lora)}
         for budget, kw in budgets.items():
             for label, targets in (("naive W2S", weak), ("ceiling (gold)", gold)):
                 t = time.perf_counter()
@@ -150,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="run config YAML (its `world` and `train` sections); default: the demo config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--json", help="also write the measurements to this JSON file")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="held-out prompts to score (default val: choose settings there, never on test)")
     args = p.parse_args(argv)
     if args.config is None:
         from importlib import resources
@@ -157,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config = str(resources.files("macpo.eval") / "configs" / "demo.yaml")
     cfg = config_mod.load(args.config, parse_kv(args.set))
     teachers = [t.model.split(":", 1)[1] for t in cfg.teachers[: cfg.K] if t.model.startswith("sandbox:")]
-    out = measure(cfg.world, cfg.train, teachers=teachers or None)
+    out = measure(cfg.world, cfg.train, teachers=teachers or None, split=args.split)
     print(f"prepare_models: {out['prepare_seconds']} s wall")
     for name, info in out["pretrain"].items():
         print(f"  {name:<10} {info['parameters']:>9,} params  {info['steps']:>5} steps  {info['seconds']:>7.1f} s "

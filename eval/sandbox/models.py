@@ -1,15 +1,17 @@
-"""Sandbox models: the world's tokenizer, tiny Llama configs, a short pretraining pass, and a cache.
+"""Sandbox models: the world's tokenizer, tiny Llama configs, pretraining on the corpus, and a cache.
 
 Every sandbox agent (``sandbox:teacher-0`` ... ``sandbox:student``) is a tiny LlamaForCausalLM
-pretrained on a corpus of world dialogues with good and bad behaviour mixed (world.corpus), so the
-larger student holds latent skill that weak labels can elicit. Checkpoints live outside the repo:
+pretrained on the world's corpus (:mod:`macpo.eval.sandbox.corpus`: worksheets, policy sentences
+and unaligned chat), so the larger student holds latent skill but not the assistant protocol.
+Checkpoints live outside the repo:
 
     $MACPO_CACHE/sandbox/<key>/<model-name>/       (default MACPO_CACHE: ~/.cache/macpo)
 
 ``<key>`` hashes the world's language (world.definition), the model's architecture and its
-pretraining settings, so a changed world retrains and a changed seed or data size does not.
-Each folder is written to a temporary sibling and renamed into place, and a lock file keeps two
-processes from training the same model at once.
+pretraining settings (thread count included: float sums differ between thread counts), so a
+changed world retrains and a changed seed or data size does not. Each folder is written to a
+temporary sibling and renamed into place, and a lock file keeps two processes from training
+the same model at once.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ from typing import Any, Mapping
 from macpo.errors import UserError
 from macpo.hashing import json_hash
 
-from macpo.eval import world as W
+from macpo.eval.sandbox import corpus as C
+from macpo.eval.sandbox import world as W
+from macpo.eval.sandbox.config import resolve
 
-PAD, EOS, UNK, USER, ASSISTANT = "<|pad|>", "<|eos|>", "<|unk|>", "<|user|>", "<|assistant|>"
-SPECIALS = [PAD, EOS, UNK, USER, ASSISTANT]
+PAD, EOS, UNK = "<|pad|>", "<|eos|>", "<|unk|>"
+USER, ASSISTANT = C.USER_MARK, C.ASSISTANT_MARK
+SPECIALS = [PAD, EOS, UNK]
+# The chat markers are ordinary (non-special) added tokens: decoding keeps them, so a model that
+# runs on into the next user turn shows "<|user|>" in its response (the gold reward's protocol).
+MARKERS = [USER, ASSISTANT]
 MAX_POSITIONS = 64
 
 # Every role but "assistant" renders as a user turn (the world has no system prompts). The prompt
@@ -41,7 +49,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
 )
 
-PRETRAIN_FORMAT = "macpo-sandbox-pretrain/1"  # bump when the training code changes its result
+PRETRAIN_FORMAT = "macpo-sandbox-pretrain/2"  # bump when the training code changes its result
 
 
 def render(prompt: str, response: str | None = None) -> str:
@@ -55,16 +63,17 @@ def render(prompt: str, response: str | None = None) -> str:
 def build_tokenizer():
     """A WordLevel tokenizer over the world vocabulary: every world word is exactly one token,
     digits are split one per token, and there is no BOS (so prompts are token prefixes)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + W.vocabulary())}
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + MARKERS + W.vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
     )
     tok.add_special_tokens(SPECIALS)
+    tok.add_tokens([AddedToken(m, special=False, normalized=False) for m in MARKERS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
@@ -99,7 +108,7 @@ def check_single_tokens(tokenizer) -> None:
 
 def model_settings(world_cfg: Mapping[str, Any] | None) -> tuple[dict[str, dict], dict]:
     """(name -> architecture + pretraining schedule, shared pretraining settings)."""
-    cfg = W.resolve(world_cfg)
+    cfg = resolve(world_cfg)
     return cfg["models"], cfg["pretrain"]
 
 
@@ -132,19 +141,19 @@ def build_model(tokenizer, spec: Mapping[str, Any], seed: int):
     return model
 
 
-def _tensors(rows: list[list[int]], pad: int, assistant_id: int):
+def _tensors(rows: list[tuple[list[int], list[int]]], pad: int):
+    """(input_ids, attention_mask, labels) of right-padded rows of (ids, loss mask)."""
     import torch
 
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    width = max(len(ids) for ids, _ in rows)
+    ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):  # right padding is fine for teacher-forced training
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        start = row.index(assistant_id) + 1
-        labels[i, start : len(row)] = ids[i, start : len(row)]
-    return ids, mask, labels
+    for i, (ids, loss) in enumerate(rows):  # right padding is fine for teacher-forced training
+        ids_t[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+        labels[i, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, loss)])
+    return ids_t, mask, labels
 
 
 def _split_point(lengths: list[int]) -> int:
@@ -154,28 +163,38 @@ def _split_point(lengths: list[int]) -> int:
     return 1 + min(range(len(cost)), key=cost.__getitem__) if cost else n
 
 
+def encode_document(doc: Mapping[str, Any], vocab: Mapping[str, int]) -> tuple[list[int], list[int]]:
+    """Token ids of a corpus document and its loss mask (1 where the model is trained to predict).
+
+    Documents are canonical world text (one word per token), so a dictionary lookup is the
+    tokenizer here; tests check it equals the real tokenizer's ids.
+    """
+    ids, loss = [], []
+    for text, has_loss in doc["segments"]:
+        words = text.split()
+        ids += [vocab[w] for w in words]
+        loss += [int(has_loss)] * len(words)
+    return ids, loss
+
+
 def _batches(tokenizer, world_cfg: dict, batch_size: int, seed: int):
-    """Endless batches of corpus dialogues, each a list of (input_ids, attention_mask, labels)
+    """Endless batches of corpus documents, each a list of (input_ids, attention_mask, labels)
     micro-batches (the batch's rows sorted by length and cut in two where padding is least).
 
-    Long requests would otherwise pad every row to their width (61% real tokens; 80-85% after
-    the cut). Sorting a larger pool into length buckets pads even less but makes batches
-    single-task, which slowed learning per step far more than it saved (measured).
-    The loss covers the response and its EOS only: prompts are random draws the model cannot
-    predict, and their gradient would only slow the skills down.
+    The loss covers what a document teaches (answers, verdicts, the assistant turn and the
+    user marker that follows it), never the random operands or prompts the model cannot predict.
     """
-    stream = W.corpus(world_cfg, seed)
-    assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
+    stream = C.stream(world_cfg, seed)
+    vocab = tokenizer.get_vocab()
     pad = tokenizer.pad_token_id
     while True:
-        texts = [render(p, r) for _, p, r in (next(stream) for _ in range(batch_size))]
-        rows = sorted(tokenizer(texts, add_special_tokens=False)["input_ids"], key=len)
-        cut = _split_point([len(r) for r in rows])
-        yield [_tensors(part, pad, assistant_id) for part in (rows[:cut], rows[cut:]) if part]
+        rows = sorted((encode_document(next(stream), vocab) for _ in range(batch_size)), key=lambda r: len(r[0]))
+        cut = _split_point([len(r[0]) for r in rows])
+        yield [_tensors(part, pad) for part in (rows[:cut], rows[cut:]) if part]
 
 
 def pretrain(model, tokenizer, world_cfg: dict, spec: Mapping[str, Any], pre: Mapping[str, Any], seed: int, bar=None) -> dict:
-    """Next-token pretraining on the world corpus.
+    """Next-token pretraining on the world corpus (every model reads it from its first document).
 
     A plain torch loop, not TRL/Trainer: this is language-model pretraining on an endless
     synthetic stream (no dataset, no checkpoints, no eval), where a 30-line loop is much faster
@@ -236,11 +255,11 @@ def _canonical(obj: Any) -> Any:
 
 def cache_key(world_cfg: Mapping[str, Any] | None, name: str) -> str:
     """Hash of what determines the pretrained weights of model ``name``."""
-    cfg = W.resolve(world_cfg)
+    cfg = resolve(world_cfg)
     if name not in cfg["models"]:
         raise UserError(f"world.models has no model {name!r} (models: {', '.join(cfg['models'])})")
-    pre = {k: v for k, v in cfg["pretrain"].items() if k != "threads"}  # threads change speed, not weights
-    key = {"format": PRETRAIN_FORMAT, "world": W.definition(cfg), "model": cfg["models"][name], "pretrain": pre, "name": name}
+    key = {"format": PRETRAIN_FORMAT, "world": W.definition(cfg), "model": cfg["models"][name], "pretrain": cfg["pretrain"],
+           "name": name}
     return json_hash(_canonical(key)).split(":", 1)[1][:16]
 
 
@@ -248,28 +267,13 @@ def model_dir(world_cfg: Mapping[str, Any] | None, name: str) -> Path:
     return cache_root() / cache_key(world_cfg, name) / name
 
 
-def _threads(pre: Mapping[str, Any], hidden: int | None = None) -> int:
-    """Torch threads for pretraining: ``pretrain.threads``, or (0 = auto) the cores the current
-    load leaves free, at least one.
+def threads(pre: Mapping[str, Any]) -> int:
+    """Torch threads for pretraining: ``pretrain.threads``, pinned in the config.
 
-    Measured here (2 cores): idle, 2 threads run the student 2x faster than 1; with other jobs
-    on the cores, OpenMP threads spin against them and 2 threads ran the student 1.2x and a
-    hidden-32 model 6x *slower* than 1. Models this small (hidden <= 32) always get one thread.
+    Never chosen from the machine's load: a load-dependent count made a fresh clone's demo
+    score 0.735 where the same config had scored 0.761 (float sums differ between counts).
     """
-    n = int(pre.get("threads", 0) or 0)
-    if n > 0:
-        return n
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    if hidden is not None and hidden <= 32:
-        return 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+    return int(pre["threads"])
 
 
 def _train_one(world_cfg: dict, name: str, final: Path, bar) -> dict:
@@ -282,10 +286,8 @@ def _train_one(world_cfg: dict, name: str, final: Path, bar) -> dict:
     # Each model draws its own corpus stream; its init seed depends on the name too.
     seed = int(pre["seed"])
     model = build_model(tokenizer, spec, seed=seed + sum(map(ord, name)))
-    # A model may read its own corpus mix (weak teachers see a plainer one than the student).
-    corpus_cfg = {**world_cfg, "corpus_weights": {**world_cfg["corpus_weights"], **spec.get("corpus_weights", {})}}
     start = time.perf_counter()
-    stats = pretrain(model, tokenizer, corpus_cfg, spec, pre, seed=seed * 1000 + sum(map(ord, name)), bar=bar)
+    stats = pretrain(model, tokenizer, world_cfg, spec, pre, seed=seed, bar=bar)
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["threads"] = torch.get_num_threads()
     stats["parameters"] = sum(p.numel() for p in model.parameters())
@@ -317,7 +319,7 @@ def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] 
     import torch
     from tqdm.auto import tqdm
 
-    cfg = W.resolve(world_cfg)
+    cfg = resolve(world_cfg)
     models, pre = cfg["models"], cfg["pretrain"]
     names = list(models) if names is None else list(names)
     unknown = [n for n in names if n not in models]
@@ -333,7 +335,7 @@ def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] 
                 fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training it
                 if (dirs[n] / "sandbox.json").is_file():
                     continue
-                torch.set_num_threads(_threads(pre, int(models[n]["hidden"])))
+                torch.set_num_threads(threads(pre))
                 desc = f"pretraining {n} ({i + 1}/{len(todo)})"
                 with tqdm(total=int(models[n]["steps"]), desc=desc, unit="step", disable=not progress) as bar:
                     _train_one(cfg, n, dirs[n], bar)

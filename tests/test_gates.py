@@ -1,0 +1,143 @@
+"""Premise gates: pure functions on hand-made numbers and tables, and the SQL overlap check on a
+hand-made store."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from macpo.eval.sandbox import gates as G
+
+
+def test_pretrained_student_must_be_below_every_teacher():
+    g = G.student_below_teachers(0.30, {"teacher-0": 0.55, "teacher-1": 0.41})
+    assert g["pass"] and g["value"] == 0.30 and g["threshold"] == 0.41
+    fail = G.student_below_teachers(0.45, {"teacher-0": 0.55, "teacher-1": 0.41})
+    assert not fail["pass"] and "teacher-1 0.410" in fail["detail"]
+    assert not G.student_below_teachers(None, {"teacher-0": 0.5})["pass"]
+
+
+@pytest.mark.parametrize("ceiling,naive,ok", [(0.80, 0.70, True), (0.80, 0.71, False), (0.9, 0.5, True)])
+def test_ceiling_gap_threshold(ceiling, naive, ok):
+    g = G.ceiling_minus_naive(ceiling, naive)
+    assert g["pass"] is ok and g["value"] == pytest.approx(ceiling - naive) and g["threshold"] == 0.10
+
+
+def test_naive_must_beat_the_best_teacher():
+    teachers = {"teacher-0": 0.50, "teacher-1": 0.62, "teacher-2": 0.55}
+    g = G.naive_minus_best_teacher(0.70, teachers)
+    assert g["pass"] and g["value"] == pytest.approx(0.08) and "teacher-1" in g["detail"]
+    assert not G.naive_minus_best_teacher(0.66, teachers)["pass"]
+
+
+def test_overlap_gate_needs_zero_hits_and_some_test_prompts():
+    assert G.no_overlap(0, 0, 400)["pass"]
+    assert not G.no_overlap(0, 1, 400)["pass"] and G.no_overlap(2, 1, 400)["value"] == 3
+    assert not G.no_overlap(0, 0, 0)["pass"]  # nothing checked is not a pass
+
+
+def test_filter_rates_on_a_hand_made_table():
+    rows = [
+        # p1: the filter picks teacher-1 (lowest ppl), which is correct; random 1/3.
+        {"prompt_id": "p1", "agent": "teacher-0", "ppl": 3.0, "gold": 0.0},
+        {"prompt_id": "p1", "agent": "teacher-1", "ppl": 1.5, "gold": 1.0},
+        {"prompt_id": "p1", "agent": "teacher-2", "ppl": 2.0, "gold": 0.0},
+        # p2: the filter picks a wrong one; random 2/3.
+        {"prompt_id": "p2", "agent": "teacher-0", "ppl": 1.0, "gold": 0.0},
+        {"prompt_id": "p2", "agent": "teacher-1", "ppl": 2.0, "gold": 1.0},
+        {"prompt_id": "p2", "agent": "teacher-2", "ppl": 2.5, "gold": 1.0},
+        # p3: nothing correct: not counted.
+        {"prompt_id": "p3", "agent": "teacher-0", "ppl": 1.0, "gold": 0.0},
+        {"prompt_id": "p3", "agent": "teacher-1", "ppl": 2.0, "gold": 0.0},
+        # p4: a tie in perplexity goes to the first agent by name (correct); random 1/2.
+        {"prompt_id": "p4", "agent": "teacher-1", "ppl": 1.0, "gold": 0.0},
+        {"prompt_id": "p4", "agent": "teacher-0", "ppl": 1.0, "gold": 1.0},
+    ]
+    rates = G.filter_rates(rows)
+    assert rates["prompts"] == 3 and rates["all_prompts"] == 4
+    assert rates["filter"] == pytest.approx(2 / 3)
+    assert rates["random"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    g = G.filter_beats_random(rates)
+    assert g["pass"] and g["value"] == rates["filter"] and g["threshold"] == rates["random"]
+    worse = G.filter_rates(rows[3:6])
+    assert worse["filter"] == 0.0 and not G.filter_beats_random(worse)["pass"]
+    assert G.filter_rates([])["filter"] is None and not G.filter_beats_random(G.filter_rates([]))["pass"]
+
+
+def test_all_gates_and_render():
+    scores = {"student": 0.70, "teacher-0": 0.5, "teacher-1": 0.6, G.PRETRAINED: 0.2, G.CEILING: 0.85}
+    gates = G.all_gates(scores, {"prompt_hits": 0, "item_hits": 0, "n_test": 10}, {"filter": 0.6, "random": 0.4,
+                        "prompts": 5, "all_prompts": 9}, ["teacher-0", "teacher-1"])
+    assert [g["name"] for g in gates] == ["pretrained-below-teachers", "ceiling-minus-naive", "naive-minus-best-teacher",
+                                          "test-overlap", "filter-beats-random"]
+    assert all(g["pass"] for g in gates)
+    assert G.render(gates).startswith("premise gates: all pass")
+    scores[G.CEILING] = 0.72
+    text = G.render(G.all_gates(scores, None, None, ["teacher-0", "teacher-1"]))
+    assert text.startswith("premise gates: 3 FAILED") and "[FAIL] ceiling-minus-naive" in text
+    json.dumps(gates)  # gates.json-ready
+
+
+def _prompts(rows):
+    return pa.Table.from_pylist(rows, schema=pa.schema([("prompt_id", pa.string()), ("prompt", pa.list_(pa.struct(
+        [("role", pa.string()), ("content", pa.string())]))), ("split", pa.string()), ("meta", pa.string())]))
+
+
+def test_overlap_sql_finds_leaked_prompts_and_items(tmp_path):
+    from macpo.store import Store, Subset
+
+    store = Store(tmp_path / "store", create=True)
+    user = lambda t: [{"role": "user", "content": t}]  # noqa: E731
+    test = _prompts([
+        {"prompt_id": "t1", "prompt": user("what is 1 2 + 3 4 ?"), "split": "test", "meta": json.dumps({"item": "add:21,43"})},
+        {"prompt_id": "t2", "prompt": user("sort 3 1 2"), "split": "test", "meta": json.dumps({"item": "sort:312"})},
+        {"prompt_id": "t3", "prompt": user("reverse a b c"), "split": "test", "meta": json.dumps({"item": "reverse:abc"})},
+    ])
+    clean_pretrain = _prompts([
+        {"prompt_id": "pt-0", "prompt": [{"role": "document", "content": "2 1 + 4 4 = 6 5"}], "split": "pretrain",
+         "meta": json.dumps({"kind": "worksheet", "items": ["add:12,44"]})},
+        {"prompt_id": "pt-1", "prompt": user("sort 3 1 2 4") + [{"role": "assistant", "content": "1 2 3 4"}],
+         "split": "pretrain", "meta": json.dumps({"kind": "chat", "items": ["sort:3124"]})},
+    ])
+    store.write("d", "v1", {"test": Subset("prompts", test), "pretrain": Subset("prompts", clean_pretrain)})
+    assert G.overlap_counts(store, "d", "v1") == {"n_test": 3, "prompt_hits": 0, "item_hits": 0}
+
+    leaky = _prompts([
+        {"prompt_id": "pt-0", "prompt": [{"role": "document", "content": "2 1 + 4 3 = 6 4"}], "split": "pretrain",
+         "meta": json.dumps({"kind": "worksheet", "items": ["add:21,43"]})},  # t1's operands
+        {"prompt_id": "q-0", "prompt": user("sort 3 1 2"), "split": "train", "meta": json.dumps({"item": "sort:312"})},
+    ])
+    store.write("d", "v2", {"test": Subset("prompts", test), "pretrain": Subset("prompts", leaky)})
+    # t2 leaks by text (and item) through Q, t1 by item through a worksheet; v1's clean rows count too.
+    assert G.overlap_counts(store, "d", "v2") == {"n_test": 3, "prompt_hits": 1, "item_hits": 2}
+    pairs = pa.Table.from_pylist([{"pair_id": "x", "prompt_id": "x", "round": 0, "agent": "default", "pair_type": "human",
+                                   "prompt": user("reverse a b c"), "chosen": [{"role": "assistant", "content": "c b a"}],
+                                   "rejected": [{"role": "assistant", "content": "a b c"}]}])
+    store.write("run", "round-0", {"p": Subset("pairs", pairs)})
+    assert G.overlap_counts(store, "d", "v1")["prompt_hits"] == 2  # t2 (v2's Q) and t3 (a pairs table)
+
+
+def test_sandbox_plans_measure_the_gates_at_round_zero(tmp_path):
+    from pathlib import Path
+
+    from macpo import config as config_mod
+    from macpo.eval.cli import eval_agents
+    from macpo.orchestrate import plan
+
+    base = {"teachers": ["t0", "t1"], "student": "s", "out": str(tmp_path / "out"), "K": 2, "T": 2,
+            "world": {"sizes": {"dw": 8, "q": 8, "val": 4, "test": 8}}}
+    steps = plan(config_mod.from_dict(base), Path("run.yaml"))
+    names = [s.name for s in steps]
+    student = next(s for s in steps if s.name == "train student round-0")
+    assert [Path(j["out"]).name for j in json.loads(student.argv[-1])] == ["student", "student-neg", G.CEILING]
+    ceiling = json.loads(student.argv[-1])[-1]
+    assert (ceiling["subset"], ceiling["version"], ceiling["model"]) == ("gold-labels", "round-0-labels", "s")
+    # After the round-1 candidates (written by the round-0 models) and before any round-1 training.
+    assert names.index("build round-1") < names.index("premise gates") < names.index("train agents round-1")
+    assert set(next(s for s in steps if s.name == "premise gates").deps) == {"build round-1", "eval round-0"}
+    naive = [s.name for s in plan(config_mod.from_dict({**base, "method": "naive-w2s"}), Path("run.yaml"))]
+    assert naive.index("eval round-0") < naive.index("premise gates") < naive.index("report")
+    assert "premise gates" not in [s.name for s in plan(config_mod.from_dict({**base, "world": {}}), Path("run.yaml"))]
+    cfg = config_mod.from_dict(base)
+    assert eval_agents(cfg, 0) == ["student", "teacher-0", "teacher-1", G.PRETRAINED, G.CEILING]
+    assert eval_agents(cfg, 1) == ["student", "teacher-0", "teacher-1"]
