@@ -43,6 +43,9 @@ class Step:
     # Outputs to delete before re-running (models are folders, not immutable store versions).
     clears: list[Path] = field(default_factory=list)
     config_sections: tuple[str, ...] = ()
+    # What the step writes (store version folders, model folders): `macpo study` shares a step's
+    # outputs between runs with identical inputs. A step without outputs is never shared.
+    outputs: list[Path] = field(default_factory=list)
 
 
 def train_job(cfg: RunConfig, layout: RunLayout, stage_name: str, *, agent: str, round_: int, version: str,
@@ -86,7 +89,8 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         p = layout.model_dir(agent, round_)
         return lambda: (p / "metrics.json").is_file()
 
-    steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"))]
+    steps = [Step("prepare", [*CLI, "eval", *conf, "--prepare"], has(layout.data_dataset, "v1"),
+                  outputs=[store / layout.data_dataset / "v1"])]
 
     def job(agent: str, round_: int, stage_name: str, version: str, subset: str, start_from: str | None):
         config = train_job(cfg, layout, stage_name, agent=agent, round_=round_, version=version, subset=subset,
@@ -98,17 +102,17 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         outs = [j["out"] for j in jobs]
         argv = [*_PY, "-m", "macpo.trainbatch", json.dumps([j["config"] for j in jobs], sort_keys=True)]
         steps.append(Step(label, argv, lambda: all((o / "metrics.json").is_file() for o in outs), deps=deps, clears=outs,
-                          config_sections=tuple(sorted({j["section"] for j in jobs}))))
+                          config_sections=tuple(sorted({j["section"] for j in jobs})), outputs=list(outs)))
         return steps[-1].name
 
     def build(round_: int, part: str | None, version: str, deps: list[str]):
         argv = [*CLI, "build", *conf, "--round", str(round_), "--no-progress"] + (["--part", part] if part else [])
-        steps.append(Step(f"build {version}", argv, has(name, version), deps=deps))
+        steps.append(Step(f"build {version}", argv, has(name, version), deps=deps, outputs=[store / name / version]))
         return steps[-1].name
 
     def evaluate(round_: int, deps: list[str]):
         steps.append(Step(f"eval round-{round_}", [*CLI, "eval", *conf, "--round", str(round_)], has(layout.evals_dataset, f"round-{round_}"), deps=deps,
-                          config_sections=("eval",)))
+                          config_sections=("eval",), outputs=[store / layout.evals_dataset / f"round-{round_}"]))
         return steps[-1].name
 
     def premise_gates(deps: list[str]):

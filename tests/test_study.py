@@ -1,0 +1,174 @@
+"""``macpo study``: the shared step cache's keys and restore, the study table from hand-made runs,
+and a tiny study end to end (1 seed, 2 variants, the CI sandbox world)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from macpo import study
+from macpo.orchestrate import Step
+
+REPO = Path(__file__).resolve().parents[1]
+CI_CONFIG = REPO / "eval" / "configs" / "ci.yaml"
+MACPO = [sys.executable, "-m", "macpo.cli"]
+
+
+def _step(name, argv, outputs=()):
+    return Step(name, argv, lambda: False, outputs=list(outputs))
+
+
+CFG = {"name": "x", "out": "/somewhere", "T": 3, "mutual_positive": True, "chosen_rule": "familiarity", "K": 2,
+       "threads": 1, "train": {"dpo": {"lr": 1e-3}, "student_sft": {"max_steps": 8}}}
+
+
+def test_round0_keys_ignore_round_only_fields_and_the_run_folder(tmp_path):
+    a, b = tmp_path / "runs/a", tmp_path / "runs/b"
+    other = {**CFG, "T": 0, "mutual_positive": False, "chosen_rule": "oracle", "out": "/elsewhere",
+             "train": {"dpo": {"lr": 5.0}, "student_sft": {"max_steps": 8}}}
+    build0 = lambda run: _step("build round-0-labels", ["py", "build", "--config", f"{run}/run.yaml", "--round", "0"])  # noqa: E731
+    assert study.study_key(build0(a), a, CFG, ["h"]) == study.study_key(build0(b), b, other, ["h"])
+    # ...but not those that round 0 reads, and not for rounds >= 1
+    assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, {**CFG, "K": 3}, ["h"])
+    assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, {**CFG, "train": {"dpo": {}, "student_sft": {"max_steps": 9}}}, ["h"])
+    build1 = lambda run: _step("build round-1", ["py", "build", "--config", f"{run}/run.yaml", "--round", "1"])  # noqa: E731
+    assert study.study_key(build1(a), a, CFG, ["h"]) != study.study_key(build1(b), b, other, ["h"])
+    # dependencies enter by the content of their outputs
+    assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, CFG, ["other"])
+
+
+def test_a_trainer_step_is_keyed_by_its_jobs_alone(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train = lambda run, lr: _step("train student round-1", ["py", "-m", "macpo.trainbatch", json.dumps([{"out": f"{run}/m", "lr": lr}])])  # noqa: E731
+    assert study.config_view(CFG, "train student round-1", train(a, 1).argv) is None
+    assert study.study_key(train(a, 1), a, CFG, []) == study.study_key(train(b, 1), b, {**CFG, "T": 9, "K": 1}, [])
+    assert study.study_key(train(a, 1), a, CFG, []) != study.study_key(train(a, 2), a, CFG, [])
+    assert study.study_key(train(a, 1), a, CFG, []) != study.study_key(train(a, 1), a, {**CFG, "threads": 2}, [])
+
+
+def test_output_hash_is_content_not_run_paths(tmp_path):
+    m1, m2 = tmp_path / "r1/models/student", tmp_path / "r2/models/student"
+    for m, note in ((m1, "a"), (m2, "b")):
+        m.mkdir(parents=True)
+        (m / "model.safetensors").write_bytes(b"weights")
+        (m / "metrics.json").write_text(json.dumps({"seconds": note}))
+        (m / "train_config.json").write_text(json.dumps({"out": str(m)}))
+    assert study.output_hash([m1]) == study.output_hash([m2])
+    (m2 / "model.safetensors").write_bytes(b"other weights")
+    assert study.output_hash([m1]) != study.output_hash([m2])
+    v = tmp_path / "store/ds/round-0"
+    v.mkdir(parents=True)
+    (v / "manifest.json").write_text(json.dumps({"content_hash": "sha256:abc", "config": {"out": "anything"}}))
+    assert study.output_hash([v]) == study.output_hash([v]) and study.output_hash([v]) != study.output_hash([m1])
+
+
+def test_step_cache_saves_and_restores_outputs(tmp_path):
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    out_a = run_a / "models/round-0/student"
+    out_a.mkdir(parents=True)
+    (out_a / "model.safetensors").write_bytes(b"w")
+    cache = study.StepCache(tmp_path / "cache")
+    assert not cache.has("sha256:k")
+    cache.save("sha256:k", run_a, [out_a], {"step": "train"})
+    assert cache.has("sha256:k")
+    out_b = run_b / "models/round-0/student"
+    out_b.mkdir(parents=True)
+    (out_b / "stale.txt").write_text("half-written")
+    cache.restore("sha256:k", run_b, [out_b])
+    assert sorted(p.name for p in out_b.iterdir()) == ["model.safetensors"]
+    assert (out_b / "model.safetensors").read_bytes() == b"w"
+
+
+# ---- the table from hand-made runs -----------------------------------------------------------------
+IDS = [f"p{i}" for i in range(6)]
+METAS = [json.dumps({"task": "add" if i < 4 else "harmful", "answer": str(i)}) for i in range(6)]
+
+
+def _aggregate(metas, texts):
+    hits = [float(t == json.loads(m)["answer"]) for m, t in zip(metas, texts)]
+    return {"helpful": sum(hits) / len(hits), "harmless": 1.0, "combined": (sum(hits) / len(hits) + 1.0) / 2}
+
+
+GOLD = (SimpleNamespace(aggregate=_aggregate), IDS, METAS, [json.loads(m)["task"] for m in METAS])
+
+
+def _run(variant, seed, answers_by_cell, rows=None):
+    responses = {cell: dict(zip(IDS, texts)) for cell, texts in answers_by_cell.items()}
+    return study.RunResult(variant, seed, Path("."), rows or [], responses)
+
+
+def right(n):
+    return [str(i) if i < n else "x" for i in range(6)]
+
+
+def test_summary_means_intervals_and_paired_difference():
+    read = []
+    for seed in (0, 1):
+        read.append(_run("naive-w2s", seed, {(0, "student"): right(2), (0, "teacher-0"): right(1)}))
+        read.append(_run("macpo", seed, {(0, "student"): right(2), (1, "student"): right(3 + seed)}))
+    rows = study.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], GOLD, n_boot=300)
+    naive, macpo = rows
+    assert naive["combined"].mean == pytest.approx((2 / 6 + 1) / 2) and naive["round"] == 0
+    assert macpo["round"] == 1 and macpo["helpful"].mean == pytest.approx((3 / 6 + 4 / 6) / 2)
+    assert macpo["combined"].low <= macpo["combined"].mean <= macpo["combined"].high
+    d = macpo["diff_vs_baseline"]
+    assert d.mean == pytest.approx(macpo["combined"].mean - naive["combined"].mean)
+    assert 0 <= d.low <= d.mean <= d.high  # macpo answers a superset of the baseline's prompts right
+    assert naive["diff_vs_baseline"].mean is None
+
+
+def test_study_rows_pgr_uses_the_baseline_run_of_the_same_seed():
+    base_rows = [{"round": 0, "agent": "student", "combined": 0.5}, {"round": 0, "agent": "teacher-0", "combined": 0.4},
+                 {"round": 0, "agent": "ceiling", "combined": 0.9}]
+    naive = _run("naive-w2s", 0, {}, base_rows)
+    spin = _run("spin", 0, {}, [{"round": 1, "agent": "student", "combined": 0.65}])
+    rows = study.study_rows([naive, spin], {0: naive})
+    by = {(r["variant"], r["round"], r["agent"]): r for r in rows}
+    assert by[("naive-w2s", 0, "student")]["pgr"] == pytest.approx(0.2)
+    assert by[("spin", 1, "student")]["pgr"] == pytest.approx(0.5)
+    assert by[("naive-w2s", 0, "teacher-0")]["pgr"] is None
+
+
+def test_user_mistakes_exit_2_and_write_nothing(tmp_path):
+    out = tmp_path / "study"
+    for args in (["--variants", "nope"], ["--seeds", "0"], ["--variants", "k3"]):  # ci.yaml lists 2 teachers
+        r = subprocess.run([*MACPO, "study", str(CI_CONFIG), "--out", str(out), *args], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert not out.exists()
+    r = subprocess.run([*MACPO, "study", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and all(v in r.stdout for v in study.VARIANTS)
+
+
+# ---- end to end ----------------------------------------------------------------------------------------
+def test_tiny_study_end_to_end_shares_steps(tmp_path):
+    if not CI_CONFIG.is_file():
+        pytest.skip("eval/configs/ci.yaml is missing")
+    out = tmp_path / "study"
+    cmd = [*MACPO, "study", str(CI_CONFIG), "--seeds", "1", "--variants", "macpo", "no-mp", "--out", str(out), "--bootstrap", "100"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = (out / "study.md").read_text()
+    for v in ("naive-w2s", "macpo", "no-mp"):
+        assert f"| {v} |" in text
+    rows = list(csv.DictReader(open(out / "study.csv")))
+    cells = {(r["variant"], r["seed"], r["round"], r["agent"]) for r in rows}
+    assert ("naive-w2s", "0", "0", "student") in cells and ("macpo", "0", "1", "teacher-1") in cells and ("no-mp", "0", "1", "student") in cells
+    assert all(r["combined"] != "" for r in rows)
+    steps = json.loads((out / "study.json").read_text())["steps"]
+    # the baseline's round 0 runs once; macpo and no-mp restore it and run only their round 1
+    assert steps["naive"] == steps["ran"] + steps["shared"] + steps["up_to_date"]
+    assert steps["shared"] >= 2 * 7 and steps["ran"] < steps["naive"]
+    for png in ("study_combined.png", "study_rounds.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # the shared round 0 is the same data in every run
+    hashes = {json.loads((out / "runs" / v / "seed-0/store/macpo-ci/round-0/manifest.json").read_text())["content_hash"]
+              for v in ("naive-w2s", "macpo", "no-mp")}
+    assert len(hashes) == 1
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "study.json").read_text())["steps"]["ran"] == 0  # a rerun resumes: every step is up to date
