@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,3 +34,22 @@ def shared_hh():
     if not SHARED_HH.is_file():
         pytest.skip(f"shared HH-RLHF data not found at {SHARED_HH} (../shared is absent)")
     return SHARED_HH
+
+
+CI_CONFIG = REPO / "eval" / "configs" / "ci.yaml"
+# Small shards so a build has several checkpoints to resume from (tests/test_run_e2e.py).
+CI_OVERRIDES = ["--set", "shard_size=4"]
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """One uninterrupted `macpo run` of eval/configs/ci.yaml, `(out folder, stdout)`, shared by the
+    end-to-end checks and the README's `$OUT` examples (it costs ~45 s here). Read it, or copy it
+    before changing anything."""
+    if not CI_CONFIG.is_file():
+        pytest.skip("eval/configs/ci.yaml is missing")
+    out = tmp_path_factory.mktemp("ci-run") / "out"
+    r = subprocess.run([sys.executable, "-m", "macpo.cli", "run", str(CI_CONFIG), "--out", str(out), *CI_OVERRIDES],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out, r.stdout

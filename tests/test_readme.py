@@ -5,8 +5,9 @@
   ``bash -euo pipefail``, in README order, in one scratch folder that mirrors the repository
   root (symlinks), so a later block sees what an earlier one made and nothing lands in the
   checkout. ``macpo`` is this venv's console script, a real subprocess;
-- placeholders are environment variables: ``$OUT`` is a finished run's output folder (the
-  test makes one from ``eval/configs/ci.yaml``, the CI run), ``$HH_FILE`` the HH-RLHF file;
+- placeholders are environment variables: ``$OUT`` is a finished run's output folder (a copy
+  of the CI run, conftest's ``ci_run`` of ``eval/configs/ci.yaml``), ``$HH_FILE`` the HH-RLHF
+  file (conftest's ``shared_hh``; blocks using it skip when it is absent);
 - ``# -> TEXT`` at the end of a line: the block's stdout must contain TEXT;
 - ``<!-- readme-test: skip (reason) -->`` just before a fence skips that block with the
   reason; ``<!-- readme-test: slow (reason) -->`` runs it only with ``-m slow``;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +29,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-CI_CONFIG = REPO / "eval" / "configs" / "ci.yaml"
 BIN = Path(sys.executable).parent  # the venv whose python runs the tests
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 MARKER = re.compile(r"<!--\s*readme-test:\s*(?P<kind>skip|slow)\s*(?:\((?P<reason>.*?)\))?\s*-->")
@@ -118,12 +119,10 @@ class Session:
         if name == "HH_FILE":
             return str(self.request.getfixturevalue("shared_hh"))  # skips when the data is absent
         if self._out is None:
-            assert CI_CONFIG.is_file(), "eval/configs/ci.yaml is missing"
-            out = self.root / "ci-out"
-            proc = subprocess.run([str(BIN / "macpo"), "run", str(CI_CONFIG), "--out", str(out)],
-                                  capture_output=True, text=True, env=self.env, timeout=BLOCK_TIMEOUT)
-            assert proc.returncode == 0, f"the CI run for $OUT failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
-            self._out = out
+            # A copy, so that examples may change their run without touching the shared one.
+            shared, _ = self.request.getfixturevalue("ci_run")
+            self._out = self.root / "ci-out"
+            shutil.copytree(shared, self._out, symlinks=True)
         return str(self._out)
 
     def run(self, block: Block) -> subprocess.CompletedProcess:
@@ -152,7 +151,9 @@ def session(request, tmp_path_factory):
 def test_readme_has_examples_and_every_marker_sits_on_a_block():
     assert EXAMPLES, "README.md has no ```bash examples"
     text = README.read_text(encoding="utf-8")
-    markers = [line for line in text.splitlines() if MARKER.fullmatch(line.strip())]
+    tagged = [line.strip() for line in text.splitlines() if re.match(r"\s*<!--\s*readme-test", line)]
+    markers = [line for line in tagged if MARKER.fullmatch(line)]
+    assert markers == tagged, f"malformed readme-test markers: {sorted(set(tagged) - set(markers))}"
     assert len(markers) == sum(b.marker is not None for b in BLOCKS), \
         "a <!-- readme-test: … --> marker is not directly followed by a code fence"
 
@@ -185,7 +186,7 @@ def test_synopsis_matches_help(block: Block):
         assert re.search(rf"^\s+{cmd}\s", top, re.M), f"README synopsis names `macpo {cmd}`, which `macpo --help` does not list"
         text = _help(cmd)
         for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", usage):
-            assert flag in text, f"README synopsis `{line.strip()}`: {flag} is not in `macpo {cmd} --help`"
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), f"README synopsis `{line.strip()}`: {flag} is not in `macpo {cmd} --help`"
         for choices in re.findall(r"(?<![\w./-])([a-z][\w-]*(?:\|[a-z][\w-]*)+)", usage):
             for choice in choices.split("|"):
                 assert re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", text), \

@@ -13,16 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from macpo.sql import open_store, run_query
 from macpo.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
-CI_CONFIG = REPO / "eval" / "configs" / "ci.yaml"
+from conftest import CI_CONFIG, CI_OVERRIDES as OVERRIDES  # the shared run is conftest's `ci_run`
+
 MACPO = [sys.executable, "-m", "macpo.cli"]
-# Small shards so a build has several checkpoints to resume from.
-OVERRIDES = ["--set", "shard_size=4"]
 
 
 def _run(out: Path, extra=()):
@@ -33,16 +29,6 @@ def _round_hashes(out: Path) -> dict:
     store = Store(out / "store")
     name = next(n for n in store.datasets() if not n.endswith(("-data", "-evals")))
     return {v: store.manifest(name, v)["content_hash"] for v in store.versions(name)}
-
-
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory):
-    if not CI_CONFIG.is_file():
-        pytest.skip("eval/configs/ci.yaml is missing")
-    out = tmp_path_factory.mktemp("ci-run") / "out"
-    r = _run(out)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out, r.stdout
 
 
 def sql(out: Path, q: str):
