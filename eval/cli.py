@@ -46,8 +46,9 @@ def prepare(cfg: RunConfig) -> None:
 def split_offline_data(cfg: RunConfig, store, name: str) -> None:
     """Real preference data: a deterministic split of one stored pairs subset into dw / q / test.
 
-    ``data: {store, dataset, version, subset, test_fraction, q_fraction}``. The split hashes
-    the prompt id, so it does not depend on row order.
+    ``data: {store, dataset, version, subset, test_fraction, q_fraction, max_rows}``. The split
+    hashes the prompt id, so it does not depend on row order; ``max_rows: {dw: N, q: N, test: N}``
+    keeps the N rows (q, test: distinct prompts) of each split with the lowest hash.
     """
     import hashlib
 
@@ -66,11 +67,22 @@ def split_offline_data(cfg: RunConfig, store, name: str) -> None:
     test_idx = [i for i, b in enumerate(buckets) if b < test_frac]
     q_idx = [i for i, b in enumerate(buckets) if test_frac <= b < test_frac + q_frac]
     dw_idx = [i for i, b in enumerate(buckets) if b >= test_frac + q_frac]
+    caps = d.get("max_rows") or {}
+    if not isinstance(caps, dict) or set(caps) - {"dw", "q", "test"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in caps.values()):
+        raise UserError(f"config data.max_rows: expected {{dw|q|test: positive integer}}, got {caps!r}")
+
+    def cap(idx, split):
+        if split not in caps:
+            return idx
+        return sorted(sorted(idx, key=lambda i: (buckets[i], i))[: caps[split]])
+
+    dw_idx = cap(dw_idx, "dw")
 
     def prompts(idx, split):
         ids = pairs.column("prompt_id").to_pylist()
         idx = sorted({ids[i]: i for i in reversed(idx)}.values())  # one row per distinct prompt
-        t = pairs.take(idx)
+        t = pairs.take(cap(idx, "q" if split == "train" else split))
         return pa.table({"prompt_id": t.column("prompt_id"), "prompt": t.column("prompt"), "split": [split] * t.num_rows})
 
     store.write(name, "v1", {"dw": Subset("pairs", pairs.take(dw_idx)), "q": Subset("prompts", prompts(q_idx, "train")),
