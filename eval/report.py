@@ -409,9 +409,17 @@ def write_report(cfg: RunConfig) -> Path:
         rounds=rounds, store=layout.store_dir, sft_budget=_sft_budget(cfg), ablations=_config_line(cfg),
         gates=gates, gates_error=gates_error, failed=summary["gates_failed"], diagnostics=diagnostics,
         ceiling=ceiling_agent(rows), weak=f"teacher-{cfg.weak_label_teacher}", pngs=pngs, picks=_picks_table(diagnostics),
+        deviations=_deviations(cfg),
     )
     (out / "report.md").write_text(text)
     return out / "report.md"
+
+
+def _deviations(cfg: RunConfig) -> list[dict]:
+    """Settings where the run departs from the MACPO paper, with the measured reason (eval/paper.py)."""
+    from macpo.eval.paper import deviations
+
+    return deviations(cfg.to_dict())
 
 
 def _picks_table(diagnostics: list[dict]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -141,3 +141,22 @@ def test_sandbox_plans_measure_the_gates_at_round_zero(tmp_path):
     cfg = config_mod.from_dict(base)
     assert eval_agents(cfg, 0) == ["student", "teacher-0", "teacher-1", G.PRETRAINED, G.CEILING]
     assert eval_agents(cfg, 1) == ["student", "teacher-0", "teacher-1"]
+
+
+def test_deviations_from_the_paper_are_listed_with_their_reason():
+    from macpo.eval.paper import PAPER, deviations
+
+    cfg = {"K": 3, "T": 2, "sampling": {"temperature": 0.95, "top_p": 0.7, "top_k": 50, "n": 1, "max_new_tokens": 16},
+           "train": {"dpo": {"beta": 0.1, "nll_weight": 0.2, "lr": 1e-3}}, "eval": {"greedy": True}}
+    rows = deviations(cfg, reasons={"T": "measured: x"})
+    assert {r["setting"] for r in rows} == {"T", "sampling.max_new_tokens", "train.dpo.lr", "eval.greedy"}
+    t = next(r for r in rows if r["setting"] == "T")
+    assert (t["paper"], t["ours"], t["reason"]) == (3, 2, "measured: x")
+    assert next(r for r in rows if r["setting"] == "eval.greedy")["reason"].startswith("no measurement")
+    assert deviations({k.split(".")[0]: None for k in PAPER}) == []  # unset settings are not deviations
+    from macpo import config
+    from importlib import resources
+
+    demo = config.load(str(resources.files("macpo.eval") / "configs" / "demo.yaml"))
+    for r in deviations(demo.to_dict()):  # every deviation of the shipped demo has a stated reason
+        assert not r["reason"].startswith("no measurement"), r

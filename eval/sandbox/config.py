@@ -43,15 +43,17 @@ DEFAULTS: dict[str, Any] = {
     "corpus": {
         "docs": {"worksheet": 0.55, "policy": 0.15, "chat": 0.30},
         "worksheet_tasks": {"add": 2.0, "sub": 2.5, "reverse": 1.0, "sort": 1.0},
+        # Harmful requests are rare in chat: the student's habit of complying must stay weak
+        # enough for SFT to teach refusals at all (at 0.5, gold SFT left 5-8% refused).
         "chat_tasks": {"add": 1.0, "sub": 1.0, "reverse": 1.0, "sort": 1.0,
-                       "kind": 0.5, "dual_benign": 0.5, "harmful": 0.5, "dual_harmful": 0.5},
+                       "kind": 0.5, "dual_benign": 0.5, "harmful": 0.1, "dual_harmful": 0.1},
     },
     # Sandbox models (eval/sandbox/models.py): architecture and pretraining length per agent.
     # Every model reads the same corpus from its start; weak teachers are small and read less.
     "models": {
-        "teacher-0": {"hidden": 96, "layers": 2, "steps": 800, "lr": 2e-3},
-        "teacher-1": {"hidden": 64, "layers": 2, "steps": 800, "lr": 2e-3},
-        "teacher-2": {"hidden": 48, "layers": 2, "steps": 800, "lr": 2e-3},
+        "teacher-0": {"hidden": 64, "layers": 2, "steps": 800, "lr": 2e-3},
+        "teacher-1": {"hidden": 80, "layers": 2, "steps": 500, "lr": 2e-3},
+        "teacher-2": {"hidden": 96, "layers": 2, "steps": 400, "lr": 2e-3},
         "student": {"hidden": 128, "layers": 4, "steps": 1500, "lr": 3e-3},
     },
     # threads: torch threads for pretraining. Pinned (never chosen from the machine's load):
