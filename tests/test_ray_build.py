@@ -1,0 +1,319 @@
+"""executor: ray — the builder's shards on Ray workers give the very round a local build gives.
+
+A real Ray cluster (`ray start --head`, 2 CPUs, loopback only, token authentication on) is
+started by the module fixture; builds join it by address, as on a real cluster. The round is a
+tiny-model MACPO round 1 (3 agents, 24 prompts, shards of 4: 18 generation and 30 scoring shards).
+Checked: same content hash as the local build with 2 workers; after SIGKILL of a worker mid-build
+(Ray restarts it and re-sends its shard); after SIGKILL of the driver mid-build and a rerun
+(which runs only the missing shards); and with the private Ray instance `macpo build` starts
+when no address is given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Not imported here: Ray reads its loopback switch when first imported (see ray_cluster).
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("ray is not installed (pip install 'macpo[ray]')", allow_module_level=True)
+
+PY = sys.executable
+AGENTS = ("student", "teacher-0", "teacher-1")
+# 3 agents x 6 shards of generation; scoring: the student over 72 candidates + 2 teachers x 24.
+SHARDS = 3 * 6 + 18 + 2 * 6
+WORDS = "hello there how are you today what is two plus two please reverse the words a b c sure here".split()
+
+
+# ---- a round-0 run of tiny models (also used by benchmarks/build_ray.py) -------------------------
+def make_round0(out: Path, *, prompts: int = 24, shard_size: int = 4, hidden: int = 32, layers: int = 2,
+                max_new_tokens: int = 8, seed: int = 0):
+    """A run folder ready for round 1: tiny models for every agent and negative model (trained
+    stand-ins: random weights, each its own seed), the run's data, and round 0 built by the
+    builder itself. Returns the run config (executor local)."""
+    from tiny import save_tiny_model
+
+    from macpo.builder.rounds import build
+    from macpo.config import from_dict
+    from macpo.store import Store, Subset
+    from helpers import pairs_table
+
+    import numpy as np
+    import pyarrow as pa
+
+    models = out / "models" / "round-0"
+    for i, agent in enumerate(a + s for a in AGENTS for s in ("", "-neg")):
+        save_tiny_model(models / agent, hidden=hidden, layers=layers, seed=seed + i)
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 30)))) for _ in range(prompts + 16)]
+    q = pa.table({"prompt_id": [f"q{i}" for i in range(prompts)],
+                  "prompt": [[{"role": "user", "content": t}] for t in texts[:prompts]],
+                  "split": ["train"] * prompts, "meta": [None] * prompts})
+    dw = pairs_table([(t, "sure , here is a kind note", "i cannot help") for t in texts[prompts:]])
+    cfg = from_dict({"name": "rt", "out": str(out), "seed": seed, "K": 2, "T": 1,
+                     "teachers": [str(models / "teacher-0"), str(models / "teacher-1")], "student": str(models / "student"),
+                     "threads": 1, "shard_size": shard_size,
+                     "sampling": {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": max_new_tokens, "batch_size": 8}})
+    Store(out / "store", create=True).write("rt-data", "v1", {"dw": Subset("pairs", dw), "q": Subset("prompts", q)})
+    for _ in range(3):  # teachers, labels, final
+        build(cfg, 0, progress=False)
+    return cfg
+
+
+def copy_run(cfg, dst: Path, **changes):
+    """The run folder of ``cfg`` copied to ``dst`` (round 1 not built), as a config with ``changes``."""
+    from macpo.config import from_dict
+
+    shutil.copytree(cfg.out, dst, ignore=shutil.ignore_patterns("round-1", ".work"))
+    data = cfg.to_dict()
+    data.update(out=str(dst), **changes)
+    return from_dict(data)
+
+
+def round_hash(cfg, version: str = "round-1") -> str:
+    from macpo.store import Store
+
+    return Store(Path(cfg.out) / "store").manifest(cfg.name, version)["content_hash"]
+
+
+# ---- a Ray cluster of our own ------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes of session ``sid``: the `ray start` we launched and everything it started
+    (Ray's workers put themselves in process groups of their own, but stay in the session)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """``127.0.0.1:PORT`` of a 2-CPU Ray head started here, torn down after the module.
+
+    Loopback only: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's single-machine mode (on Linux Ray
+    otherwise swaps 127.0.0.1 for the host's routable address). Token authentication on, with a
+    token of our own: the setup the README describes for a real cluster."""
+    # Short: Ray's unix sockets live under it (108-byte limit on socket paths).
+    tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    token = tmp / "token"
+    token.write_text(uuid.uuid4().hex)
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # for in-process drivers (read when ray is imported) and child processes
+    port = _free_port()
+    ports = {f"--{name}": str(_free_port()) for name in (
+        "node-manager-port", "object-manager-port", "dashboard-port", "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")}
+    argv = [PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
+            "--temp-dir", str(tmp), "--disable-usage-stats", *[x for kv in ports.items() for x in kv]]
+    log = open(tmp / "ray-start.log", "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}: {(tmp / 'ray-start.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("the Ray head did not come up in 120 s")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pid in _session_pids(proc.pid):  # anything left of it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def run0(tmp_path_factory):
+    return make_round0(tmp_path_factory.mktemp("run0") / "out")
+
+
+@pytest.fixture(scope="module")
+def local_round1(run0, tmp_path_factory):
+    """Round 1 built by the local executor: the hash every layout must reproduce."""
+    from macpo.builder.rounds import build
+
+    cfg = copy_run(run0, tmp_path_factory.mktemp("local") / "out")
+    result = build(cfg, 1, progress=False)
+    assert result.created
+    return cfg, result.content_hash
+
+
+def _build_cli(cfg, *extra: str, **popen) -> list[str]:
+    from macpo.config import dump
+
+    path = Path(cfg.out) / "run.yaml"
+    dump(cfg, path)
+    return [PY, "-m", "macpo.cli", "build", "--config", str(path), "--round", "1", "--no-progress", *extra]
+
+
+def _env() -> dict:
+    return dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+def test_two_ray_workers_build_the_local_round(run0, local_round1, ray_cluster, tmp_path):
+    from macpo.builder.rounds import RoundBuilder
+    from macpo.store import Store
+
+    local_cfg, expected = local_round1
+    cfg = copy_run(run0, tmp_path / "out", executor="ray", ray={"address": ray_cluster, "num_workers": 2})
+    b = RoundBuilder(cfg, progress=False)
+    try:
+        pids = b.executor.worker_pids()
+        result = b.build_round(1)
+        served = dict(b.executor.served)
+    finally:
+        b.close()
+    assert result.content_hash == expected
+    # Both workers (neither of them this process) ran shards, and every shard ran once.
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert set(served) == set(pids) and all(n > 0 for n in served.values())
+    assert sum(served.values()) == SHARDS == b.shard_counts["run"]
+    # Same tables, row for row (the hash says so; this says where a difference would be).
+    for subset in ("candidates", "student", "teacher-0"):
+        a = Store(Path(local_cfg.out) / "store").read("rt", "round-1", subset)
+        r = Store(Path(cfg.out) / "store").read("rt", "round-1", subset)
+        assert a.equals(r), subset
+
+
+def test_worker_killed_mid_build_is_restarted_with_the_same_round(run0, local_round1, ray_cluster, tmp_path):
+    from macpo.builder.rounds import RoundBuilder
+
+    _, expected = local_round1
+    cfg = copy_run(run0, tmp_path / "out", executor="ray", ray={"address": ray_cluster, "num_workers": 2})
+    b = RoundBuilder(cfg, progress=False)
+    work = Path(cfg.out) / "store" / ".work" / "rt" / "round-1"
+    stop, killed = threading.Event(), {}
+    try:
+        pids = b.executor.worker_pids()
+
+        def kill_when_a_shard_is_checkpointed():
+            while not stop.is_set():
+                done = list(work.glob("*.parquet"))
+                if done:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed["after"] = len(done)
+                    return
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=kill_when_a_shard_is_checkpointed)
+        watcher.start()
+        try:
+            result = b.build_round(1)
+        finally:
+            stop.set()
+            watcher.join()
+        after = b.executor.worker_pids()
+        served = dict(b.executor.served)
+    finally:
+        b.close()
+    assert killed and killed["after"] < SHARDS, "the build finished before a worker could be killed"
+    assert result.content_hash == expected
+    assert pids[0] not in after and pids[1] in after and len(set(after)) == 2  # Ray restarted the killed actor
+    restarted = (set(after) - set(pids)).pop()
+    assert served.get(restarted, 0) > 0  # and it served shards after its restart
+    assert sum(served.values()) == SHARDS
+
+
+def test_driver_killed_mid_build_then_rerun_gives_the_same_round(run0, local_round1, ray_cluster, tmp_path):
+    _, expected = local_round1
+    cfg = copy_run(run0, tmp_path / "out", executor="ray", ray={"address": ray_cluster})
+    argv = _build_cli(cfg)
+    work = Path(cfg.out) / "store" / ".work" / "rt" / "round-1"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_env())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(work.glob("gen-*.parquet"))) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before its driver could be killed"
+    assert not (Path(cfg.out) / "store" / "rt" / "round-1").exists()
+    left = len(list(work.glob("*.parquet")))
+    assert 2 <= left < SHARDS
+
+    r = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"content {expected}" in r.stdout
+    # The rerun ran only what the killed driver had not checkpointed.
+    assert f"shards: {SHARDS - left} run on 2 Ray workers, {left} read from checkpoints" in r.stdout
+    assert round_hash(cfg) == expected
+
+
+def test_private_ray_instance_from_the_command_line(run0, local_round1, tmp_path):
+    """No address: `macpo build --executor ray` starts a Ray instance of its own for the build."""
+    _, expected = local_round1
+    cfg = copy_run(run0, tmp_path / "out")
+    env = _env()
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(k, None)
+    r = subprocess.run(_build_cli(cfg, "--executor", "ray", "--set", "ray.num_workers=2"), capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"content {expected}" in r.stdout and f"shards: {SHARDS} run on 2 Ray workers" in r.stdout
+
+
+def test_ray_config_mistakes_are_one_line_user_errors(run0, tmp_path):
+    cfg = copy_run(run0, tmp_path / "out")
+    cases = [
+        (["--executor", "spark"], "invalid choice: 'spark'"),
+        (["--set", "executor=spark"], "config executor: 'spark' is not one of local, ray"),
+        (["--executor", "ray", "--set", "ray.num_workers=0"], "config ray: num_workers must be >= 1"),
+        (["--executor", "ray", "--set", "ray.address=127.0.0.1:1"], "cannot join the Ray cluster at 127.0.0.1:1"),
+    ]
+    for extra, message in cases:
+        r = subprocess.run(_build_cli(cfg, *extra), capture_output=True, text=True, env=_env(), timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (extra, r.stderr[-2000:])
+        assert message in lines[-1] and len(lines) == 1, (extra, r.stderr[-2000:])
+        assert not (Path(cfg.out) / "store" / "rt" / "round-1").exists()
