@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["materialize", "audit", "scoring", "generation", "generation_vllm", "dpo", "demo"]
+SCRIPTS = ["materialize", "audit", "scoring", "generation", "generation_vllm", "build_ray", "dpo", "demo"]
 # Scripts that need vLLM run in the vLLM venv (`make vllm`) when it exists; otherwise they print "skipped".
 VLLM_PYTHON = {"generation_vllm": HERE.parent / ".venv-vllm" / "bin" / "python"}
 README = HERE / "README.md"
-SCRIPT_FIGURES = ["materialize", "audit", "scoring", "generation", "dpo", "demo"]  # figure-name prefixes, table order
+SCRIPT_FIGURES = ["materialize", "audit", "scoring", "generation", "build", "dpo", "demo"]  # figure-name prefixes, table order
 # What each script prints, one line per figure (and per model); demo is skipped with --smoke.
 FIGURES = {
     "materialize": ["materialize_rows_per_s"],
@@ -35,6 +35,7 @@ FIGURES = {
     "scoring": ["scoring_vs_limit", "scoring_tokens_per_s"],
     "generation": ["generation_tokens_per_s"],
     "generation_vllm": ["generation_vllm_vs_transformers", "vllm_engine_start_seconds"],
+    "build_ray": ["build_ray_speedup", "build_ray_startup_seconds"],
     "dpo": ["dpo_steps_per_s", "dpo_bound", "dpo_peak_rss_lora", "dpo_peak_rss_full"],
     "demo": ["demo_wall_seconds"],
 }
