@@ -151,7 +151,7 @@ class RayExecutor:
                 ray.init(**kwargs)
             except (ConnectionError, TimeoutError, ValueError) as exc:
                 hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give this machine "
-                        "its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)") if address else ""
+                        "its token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)") if address else ""
                 raise UserError(f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: "
                                 f"{_first_line(exc)}{hint}") from None
             self._started = True

@@ -317,3 +317,15 @@ def test_ray_config_mistakes_are_one_line_user_errors(run0, tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, (extra, r.stderr[-2000:])
         assert message in lines[-1] and len(lines) == 1, (extra, r.stderr[-2000:])
         assert not (Path(cfg.out) / "store" / "rt" / "round-1").exists()
+
+
+def test_joining_without_the_cluster_token_is_a_one_line_user_error(run0, ray_cluster, tmp_path):
+    cfg = copy_run(run0, tmp_path / "out", executor="ray", ray={"address": ray_cluster})
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text(uuid.uuid4().hex)
+    r = subprocess.run(_build_cli(cfg), capture_output=True, text=True, timeout=300,
+                       env=dict(_env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(wrong)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"cannot join the Ray cluster at {ray_cluster}" in last and "RAY_AUTH_MODE=token" in last, last
+    assert not (Path(cfg.out) / "store" / "rt" / "round-1").exists()
