@@ -160,3 +160,22 @@ def test_deviations_from_the_paper_are_listed_with_their_reason():
     demo = config.load(str(resources.files("macpo.eval") / "configs" / "demo.yaml"))
     for r in deviations(demo.to_dict()):  # every deviation of the shipped demo has a stated reason
         assert not r["reason"].startswith("no measurement"), r
+
+
+def test_demo_summary_prints_gates_and_every_agent(tmp_path):
+    from macpo import config as config_mod
+    from macpo.orchestrate import summarize
+
+    cfg = config_mod.from_dict({"teachers": ["t0"], "student": "s", "out": str(tmp_path), "K": 1, "T": 1})
+    gates = G.all_gates({"student": 0.4, "teacher-0": 0.5, G.PRETRAINED: 0.25, G.CEILING: 0.7}, None, None, ["teacher-0"])
+    (tmp_path / "gates.json").write_text(json.dumps({"gates": gates}))
+    rows = [{"round": r, "agent": a, "combined": c, "protocol_rate": 1.0} for r, a, c in
+            [(0, "student", 0.4), (0, "teacher-0", 0.5), (0, G.CEILING, 0.7), (1, "student", 0.45), (1, "teacher-0", 0.52)]]
+    rows.append({"round": 0, "agent": "gate:test-overlap", "gate_value": 0})
+    (tmp_path / "metrics.json").write_text(json.dumps({"student_round0": 0.4, "student_final": 0.45, "best_teacher": 0.52,
+                                                       "rows": rows}))
+    text = summarize(cfg)
+    assert "premise gates: 3 FAILED" in text and "[FAIL] naive-minus-best-teacher" in text
+    for agent in ("student", "teacher-0", G.CEILING):
+        assert f" {agent} " in text
+    assert "gate:" not in text and "0.450" in text and "student gold reward, after round 1: 0.450" in text
