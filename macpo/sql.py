@@ -333,7 +333,9 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
         except BaseException as exc:  # handed to the main thread
             batches.put(("error", None, exc))
 
-    worker = threading.Thread(target=work, name="macpo-sql-query", daemon=True)
+    # Not a daemon: the interpreter joins it before finalising, and a thread still inside
+    # DuckDB while the interpreter tears down aborts the process ("terminate called ...").
+    worker = threading.Thread(target=work, name="macpo-sql-query")
     deadline = time.monotonic() + timeout if timeout else None
     worker.start()
     try:
@@ -345,23 +347,27 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
             except queue.Empty:
                 continue
             if what == "error":
+                worker.join()
                 if isinstance(payload, duckdb.Error):
                     raise UserError(f"query failed: {str(payload).splitlines()[0]}") from None
                 raise payload
             if what == "done":
+                worker.join()  # it has nothing left to do; no interrupt that could hit a later query
                 return
             if payload or cols is not None:
                 yield cols, payload
     finally:
-        if worker.is_alive():
-            stop.set()
-            con.interrupt()
-            while worker.is_alive():  # unblock a worker waiting to put a batch
-                try:
+        stop.set()
+        while worker.is_alive():
+            try:
+                con.interrupt()
+                try:  # unblock a worker waiting to put a batch
                     batches.get_nowait()
                 except queue.Empty:
                     pass
                 worker.join(0.05)
+            except KeyboardInterrupt:  # a second Ctrl-C: still stop the worker before leaving
+                continue
 
 
 def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None = None, version: str | None = None):

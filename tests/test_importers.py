@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -156,3 +157,142 @@ def test_gz_plain_equivalence(tmp_path):
     a = run("import", plain, "--format", "hh-rlhf", "--store", tmp_path / "a", "--name", "h")
     b = run("import", tmp_path / "x.jsonl.gz", "--format", "hh-rlhf", "--store", tmp_path / "b", "--name", "h")
     assert a.stdout.split("content ")[1] == b.stdout.split("content ")[1]
+
+
+# ---- hostile input (issue 15) and inputs common tools write (issue 16) ----------------------------
+ROWS = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(3)]
+JSONL = "".join(json.dumps(r) + "\n" for r in ROWS)
+
+
+def _content(store, name="x", version="v1"):
+    return Store(store).manifest(name, version)["content_hash"]
+
+
+def one_line(r, *needles):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+def test_common_tool_encodings_and_containers_import_the_same_rows(tmp_path):
+    """UTF-8 with a BOM (Windows tools, spreadsheet exports), UTF-16 with a BOM (PowerShell `>`),
+    CRLF, bz2/xz, JSON lines in a .json file (Dataset.to_json, pandas lines=True), and TRL
+    content given as text parts: all the same three pairs as the plain file."""
+    import bz2
+    import lzma
+
+    from datasets import Dataset
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(JSONL)
+    assert run("import", plain, "--format", "trl", "--store", tmp_path / "ref", "--name", "x").returncode == 0
+    expected = _content(tmp_path / "ref")
+    crlf = JSONL.replace("\n", "\r\n")
+    parts = "".join(json.dumps({"prompt": [{"role": "user", "content": [{"type": "text", "text": r["prompt"]}]}],
+                                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}],
+                                "rejected": [{"role": "assistant", "content": "b"}]}) + "\n" for r in ROWS)
+    sources = {
+        "bom.jsonl": b"\xef\xbb\xbf" + JSONL.encode(),
+        "bom-crlf.jsonl": b"\xef\xbb\xbf" + crlf.encode(),
+        "utf16.jsonl": crlf.encode("utf-16"),  # BOM + UTF-16-LE, as PowerShell 5 writes
+        "utf16be.jsonl": b"\xfe\xff" + JSONL.encode("utf-16-be"),
+        "bom.json": b"\xef\xbb\xbf" + json.dumps(ROWS).encode(),
+        "lines.json": JSONL.encode(),
+        "bom.jsonl.gz": gzip.compress(b"\xef\xbb\xbf" + JSONL.encode()),
+        "x.jsonl.bz2": bz2.compress(JSONL.encode()),
+        "x.jsonl.xz": lzma.compress(JSONL.encode()),
+        "parts.jsonl": parts.encode(),
+    }
+    Dataset.from_list(ROWS).to_json(str(tmp_path / "to_json.json"))  # JSON lines, .json name
+    for name, data in sources.items():
+        (tmp_path / name).write_bytes(data)
+    for name in [*sources, "to_json.json"]:
+        store = tmp_path / f"s-{name}"
+        r = run("import", tmp_path / name, "--format", "trl", "--store", store, "--name", "x")
+        assert r.returncode == 0, (name, r.stderr)
+        assert _content(store) == expected, name
+
+
+def test_bom_is_accepted_by_every_text_importer(tmp_path):
+    hh = {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}
+    lf = [{"instruction": "q", "input": "", "output": ["a", "b"]}]
+    cases = [("hh-rlhf", "hh.jsonl", (json.dumps(hh) + "\r\n").encode()),
+             ("trl", "trl.jsonl", JSONL.encode()),
+             ("trl", "trl.json", json.dumps(ROWS).encode()),
+             ("llamafactory", "lf.json", json.dumps(lf).encode())]
+    for fmt, name, data in cases:
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / f"bom-{name}").write_bytes(b"\xef\xbb\xbf" + data)
+        plain = run("import", tmp_path / name, "--format", fmt, "--store", tmp_path / f"p-{name}", "--name", "x")
+        bom = run("import", tmp_path / f"bom-{name}", "--format", fmt, "--store", tmp_path / f"b-{name}", "--name", "x")
+        assert plain.returncode == 0 and bom.returncode == 0, (name, bom.stderr)
+        assert _content(tmp_path / f"p-{name}") == _content(tmp_path / f"b-{name}")
+
+
+@pytest.mark.parametrize("case", ["not-utf8", "lone-surrogate", "nesting", "long-line", "content-object"])
+def test_bad_rows_are_one_line_or_quarantined(tmp_path, case):
+    good = json.dumps(ROWS[0]) + "\n"
+    bad, needle = {
+        "not-utf8": (b'{"prompt": "q\xff", "chosen": "a", "rejected": "b"}\n', "not UTF-8 text (byte 0xff"),
+        "lone-surrogate": (b'{"prompt": "q\\ud800", "chosen": "a", "rejected": "b"}\n', "lone surrogate"),
+        "nesting": (b'{"prompt": ' + b"[" * 1500 + b"]" * 1500 + b', "chosen": "a", "rejected": "b"}\n', "nested deeper"),
+        "long-line": (b'{"prompt": "' + b"x" * 5000 + b'", "chosen": "a", "rejected": "b"}\n', "line longer than 4096 bytes"),
+        "content-object": (json.dumps({"prompt": [{"role": "user", "content": {"a": 1}}], "chosen": "a",
+                                       "rejected": "b"}).encode() + b"\n", "content must be a string"),
+    }[case]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(good.encode() + bad + good.replace("q0", "q9").encode())
+    args = ["import", src, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--max-line-bytes", "4096"]
+    one_line(run(*args), f"{src}:2:", needle)
+    assert not (tmp_path / "s").exists()  # nothing written, not even the store folder
+    r = run(*args, "--skip-bad")
+    assert r.returncode == 0, r.stderr
+    assert "skipped 1 bad row(s)" in r.stderr and "x/v1: 2 pairs imported" in r.stdout
+    quarantined = [json.loads(line) for line in (tmp_path / "s" / "x.quarantine.jsonl").read_text().splitlines()]
+    assert len(quarantined) == 1 and quarantined[0]["where"].endswith(":2") and needle.split(" (")[0] in quarantined[0]["reason"]
+
+
+def test_damaged_files_are_one_line(tmp_path):
+    good = gzip.compress(JSONL.encode() * 200)
+    cases = {
+        "truncated.jsonl.gz": (good[: len(good) // 2], "broken gz stream"),
+        "notgzip.jsonl.gz": (JSONL.encode(), "broken gz stream"),
+        "fake.parquet": (b"PAR1 this is not parquet", "not a readable Parquet file"),
+        "bad.json": (b'[{"prompt": "q", ', "invalid JSON"),
+        "latin1.json": ('[{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}]'.encode("latin-1"), "not UTF-8 text"),
+        "deep.json": (b"[" * 200000 + b"]" * 200000, "nested"),
+    }
+    for name, (data, needle) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        one_line(run("import", tmp_path / name, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--skip-bad"),
+                 name, needle)
+    assert not (tmp_path / "s").exists()
+
+
+def test_only_regular_files_are_read(tmp_path):
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    one_line(run("import", fifo, "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "not a regular file")
+    one_line(run("import", "/dev/zero", "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "not a regular file")
+    assert not (tmp_path / "s").exists()
+
+
+def test_name_and_store_are_checked_before_any_side_effect(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text(JSONL + "{oops\n")
+    for name in ("../escape", ".hidden", "a/b", ""):
+        one_line(run("import", src, "--format", "trl", "--store", tmp_path / "s", "--name", name, "--skip-bad"),
+                 "invalid dataset name")
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob("*quarantine*"))
+    (tmp_path / "file").write_text("x")
+    one_line(run("import", src, "--format", "trl", "--store", tmp_path / "file", "--name", "x", "--skip-bad"),
+             "not a directory")
+    one_line(run("import", src, "--format", "trl", "--store", tmp_path / "no" / "such" / "s", "--name", "x"),
+             "does not exist")
+    assert not list(tmp_path.rglob("*quarantine*"))
+
+
+def test_a_mistyped_file_path_is_not_taken_for_a_hub_repo(tmp_path):
+    one_line(run("import", "data/train.jsonl", "--format", "trl", "--store", tmp_path / "s", "--name", "x", cwd=tmp_path),
+             "no such file")

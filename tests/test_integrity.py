@@ -372,3 +372,63 @@ def test_stale_tmp_folders_are_reported_then_removed_by_the_next_writer(store):
         assert not killed.exists() and live.exists()
     finally:
         fh.close()
+
+
+# ---- 4. Queries a person can stop ---------------------------------------------------------------
+# Runs for hours inside DuckDB without returning a row; "ready" (its own statement) shows it started.
+SLOW = "SELECT count(*) AS n FROM range(100000000000) a WHERE a.range % 7 = 3"
+
+
+def test_ctrl_c_stops_a_running_query_with_exit_130(store):
+    import signal
+
+    p = subprocess.Popen([*MACPO, "sql", "--store", str(store.root), f"SELECT 1 AS ready; {SLOW}", "--format", "csv"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert [p.stdout.readline().strip() for _ in range(2)] == ["ready", "1"]  # the slow statement is next
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == ["macpo sql: interrupted"]
+
+
+def test_timeout_and_max_rows(store):
+    one_line_error(run("sql", "--store", store.root, SLOW, "--format", "csv", "--timeout", "1"), "--timeout 1")
+    p = run("sql", "--store", store.root, "SELECT * FROM range(5000)")
+    assert p.returncode == 0 and p.stdout.count("\n") == 1000 + 3
+    assert "(1000 rows; stopped at --max-rows 1000, pass --max-rows 0 for all)" in p.stdout
+    p = run("sql", "--store", store.root, "SELECT * FROM range(5000)", "--format", "csv")
+    assert p.stdout.splitlines()[-1] == "4999" and len(p.stdout.splitlines()) == 5001  # pipes: all rows
+    p = run("sql", "--store", store.root, "SELECT * FROM range(5000)", "--format", "json", "--max-rows", "10")
+    assert len(json.loads(p.stdout)) == 10 and "stopped at --max-rows 10" in p.stderr
+    p = run("sql", "--store", store.root, "SELECT * FROM range(2500)", "--max-rows", "0")
+    assert "(2500 rows)" in p.stdout
+
+
+def test_results_stream_in_batches(store):
+    from macpo.sql import stream_query
+
+    con = open_store(str(store.root))
+    sizes = [len(rows) for _, rows in stream_query(con, "SELECT * FROM range(2500)", batch_rows=1000)]
+    assert sizes == [1000, 1000, 500]
+    # A result far larger than memory would allow still yields its first batch: nothing is fetched whole.
+    first = next(iter(stream_query(con, "SELECT range, repeat('x', 1000) FROM range(10000000000)", batch_rows=10)))
+    assert len(first[1]) == 10
+
+
+def test_json_output_is_strict(store):
+    q = ("SELECT 'nan'::DOUBLE AS nan, 'inf'::DOUBLE AS inf, '-inf'::FLOAT AS ninf, '\\x00\\xff'::BLOB AS blob, "
+         "1.50::DECIMAL(4,2) AS dec, [1.0, 'nan'::DOUBLE] AS lst, {'b': 'ab'::BLOB} AS st, DATE '2026-12-01' AS d, "
+         "(SELECT chosen FROM pairs LIMIT 1) AS msgs")
+    p = run("sql", "--store", store.root, q, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))[0]
+    import base64
+
+    assert row["nan"] is None and row["inf"] is None and row["ninf"] is None
+    assert base64.b64decode(row["blob"]) == b"\x00\xff" and base64.b64decode(row["st"]["b"]) == b"ab"
+    assert row["dec"] == 1.5 and row["lst"] == [1.0, None] and row["d"] == "2026-12-01"
+    assert row["msgs"][0]["role"] == "assistant"
+    assert json.loads(run("sql", "--store", store.root, "SELECT 1 WHERE false", "--format", "json").stdout) == []
