@@ -80,7 +80,7 @@ def store_sources(store, dataset: str | None = None, version: str | None = None)
 def snapshot_sources(folder: Path, dataset: str) -> list[VersionSource]:
     """A published Hub snapshot: ``<version>/manifest.json`` + ``<version>/<subset>/*.parquet``,
     each manifest validated like a local one."""
-    from macpo.store import validate_manifest
+    from macpo.store import size_problems, validate_manifest
 
     out = []
     for manifest_path in sorted(folder.glob("*/manifest.json")):
@@ -90,6 +90,9 @@ def snapshot_sources(folder: Path, dataset: str) -> list[VersionSource]:
         except (ValueError, RecursionError) as exc:
             raise UserError(f"{where}: corrupt manifest ({str(exc).splitlines()[0][:200]})") from None
         validate_manifest(manifest, manifest_path.parent, where)
+        problems = size_problems(manifest_path.parent, manifest)
+        if problems:
+            raise UserError(f"{where} is damaged: {'; '.join(problems)}")
         out.append(VersionSource(dataset, manifest_path.parent.name, manifest_path.parent, manifest))
     return out
 

@@ -170,6 +170,23 @@ def validate_manifest(manifest, version_dir: Path, where: str) -> dict:
     return manifest
 
 
+def size_problems(version_dir: Path, manifest: dict) -> list[str]:
+    """Missing, non-regular or resized data files of a validated manifest (one stat per file)."""
+    records = manifest.get("files") or {}
+    problems = []
+    for rel in (rel for entry in manifest["subsets"].values() for rel in entry["files"]):
+        try:
+            st = (version_dir / rel).stat()
+        except OSError:
+            problems.append(f"{rel}: missing")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{rel}: not a regular file")
+        elif rel in records and st.st_size != records[rel]["size"]:
+            problems.append(f"{rel}: {st.st_size} bytes, the manifest says {records[rel]['size']}")
+    return problems
+
+
 class Store:
     def __init__(self, root: str | os.PathLike, create: bool = False):
         self.root = Path(root)
@@ -257,20 +274,7 @@ class Store:
     def size_problems(self, name: str, version: str, manifest: dict | None = None) -> list[str]:
         """The cheap integrity check (one stat per file): missing, non-regular or resized files."""
         manifest = manifest if manifest is not None else self.manifest(name, version)
-        records = manifest.get("files") or {}
-        problems = []
-        for rel in self.data_files(name, version, manifest):
-            path = self.path(name, version) / rel
-            try:
-                st = path.stat()
-            except OSError:
-                problems.append(f"{rel}: missing")
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                problems.append(f"{rel}: not a regular file")
-            elif rel in records and st.st_size != records[rel]["size"]:
-                problems.append(f"{rel}: {st.st_size} bytes, the manifest says {records[rel]['size']}")
-        return problems
+        return size_problems(self.path(name, version), manifest)
 
     def check_sizes(self, name: str, version: str, manifest: dict | None = None) -> None:
         """Refuse to read a version whose files were removed, replaced or resized since it was written."""
