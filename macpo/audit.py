@@ -57,6 +57,8 @@ def available_audits(extra_dirs: list[Path] | None = None) -> dict[str, Audit]:
 def index_missing_facts(sources) -> None:
     """Write the per-row facts of versions stored before facts existed (or by another DuckDB),
     once, so this and later audits read narrow columns instead of the text."""
+    import pyarrow as pa
+
     from macpo.facts import ensure_facts, fact_files
 
     missing = [src for src in sources if fact_files(src.root, src.manifest) is None]
@@ -65,12 +67,15 @@ def index_missing_facts(sources) -> None:
     from tqdm.auto import tqdm
 
     shards = sum(len(e["files"]) for src in missing for e in src.manifest["subsets"].values())
-    with tqdm(total=shards, desc=f"indexing {len(missing)} version(s) for audits", unit="shard", file=sys.stderr, leave=False) as bar:
+    with tqdm(total=shards, desc=f"indexing {len(missing)} version(s) for audits", unit="shard", file=sys.stderr, leave=False, disable=None) as bar:
         for src in missing:
             try:
                 ensure_facts(src.root, src.manifest, progress=lambda: bar.update(1))
-            except OSError as exc:  # a read-only store: the audits compute the facts from the text
+            except PermissionError as exc:  # a read-only store: the audits compute the facts from the text
                 print(f"macpo audit: note: cannot index {src.dataset}/{src.version} ({exc.strerror}); auditing from the text", file=sys.stderr)
+            except (OSError, pa.ArrowException) as exc:  # the data itself does not read back
+                raise UserError(f"{src.dataset}/{src.version}: cannot read its data ({str(exc).splitlines()[0][:200]}); "
+                                f"run `macpo status --verify`") from None
 
 
 def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -> list[AuditResult]:

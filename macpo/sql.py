@@ -224,9 +224,12 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
     for kind, selects in per_kind.items():
         empty = not selects
         body = " UNION ALL ".join(selects) if selects else f"SELECT {_EMPTY_LABEL}, *{_text_columns(kind)} FROM {_empty_table(con, kind)}"
-        con.execute(f"CREATE VIEW {kind} AS {body}")
         facts_body = _facts_select(kind, _EMPTY_LABEL, _empty_table(con, kind)) if empty else " UNION ALL ".join(per_kind_facts[kind])
-        con.execute(f"CREATE VIEW {kind}_facts AS {facts_body}")
+        try:  # binding a view reads every file's Parquet footer
+            con.execute(f"CREATE VIEW {kind} AS {body}")
+            con.execute(f"CREATE VIEW {kind}_facts AS {facts_body}")
+        except duckdb.Error as exc:
+            raise UserError(_unreadable(sources, exc)) from None
     empty_ds = (
         "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS content_hash, NULL::VARCHAR AS parent_hash, "
         "NULL::VARCHAR AS config_hash, 0 AS n_subsets, 0::BIGINT AS n_rows, NULL::VARCHAR AS created_at WHERE false"
@@ -243,6 +246,22 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
     )
     _lock_down(con, sorted(set(opened)), _private_temp_dir())
     return con
+
+
+def _unreadable(sources: list[VersionSource], exc: Exception) -> str:
+    """One line naming the version and file DuckDB could not read (same size, other bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for src in sources:
+        for entry in src.manifest["subsets"].values():
+            for rel in entry["files"]:
+                try:
+                    pq.read_schema(src.root / rel)
+                except (OSError, pa.ArrowException):
+                    return (f"{src.dataset}/{src.version}: {rel} does not read as Parquet "
+                            f"({str(exc).splitlines()[0][:160]}); run `macpo status --verify`")
+    return f"cannot read the store's data: {str(exc).splitlines()[0][:200]}"
 
 
 def _explained(con, text: str):

@@ -206,6 +206,20 @@ def test_reads_check_sizes_cheaply(store):
         store.read("run", "round-1", "default")
 
 
+def test_byte_flips_are_one_line_from_every_reader(store):
+    """Same size, so the cheap check passes: the readers still fail cleanly, and verify names it."""
+    path = _writable(store.path("hh", "v1") / SHARD)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 40, len(data) - 8):  # the Parquet footer (schema, row groups)
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    one_line_error(run("sql", "--store", store.root, "SELECT count(*) FROM pairs WHERE dataset = 'hh'"))
+    one_line_error(run("audit", "--store", store.root), "hh/v1")
+    with pytest.raises(UserError, match="hh/v1/default: cannot read Parquet"):
+        store.read("hh", "v1", "default")
+    one_line_error(run("status", "--store", store.root, "--verify"), "hh/v1", SHARD, "sha256")
+
+
 def test_reimport_of_identical_content_confirms_the_stored_copy(tmp_path):
     src = tmp_path / "prefs.jsonl"
     src.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(6)))
