@@ -338,7 +338,7 @@ def test_racing_writers_end_as_v1_and_v2(tmp_path, monkeypatch):
 
     def stale_then_real(self, name):
         calls["n"] += 1
-        if calls["n"] == 2:  # B's first look: A has not committed yet
+        if calls["n"] in (2, 3):  # B's looks before it writes: A has not committed yet
             return None
         return real(self, name)
 
@@ -347,6 +347,11 @@ def test_racing_writers_end_as_v1_and_v2(tmp_path, monkeypatch):
     monkeypatch.setattr(Store, "_latest_v", stale_then_real)
     b = other.write_next("hh", {"default": Subset("pairs", pairs_table(_rows(3, "b")))})
     assert (a.version, b.version) == ("v1", "v2") and a.created and b.created
+    assert calls["n"] == 4  # B's rename onto v1 failed, it looked again and took v2
+    # A racer with B's very content ends as B's version, unchanged, not as a v3 copy.
+    calls["n"] = 1
+    c = other.write_next("hh", {"default": Subset("pairs", pairs_table(_rows(3, "b")))})
+    assert (c.version, c.created) == ("v2", False) and store.versions("hh") == ["v1", "v2"]
     assert store.manifest("hh", "v2")["parent_hash"] == a.content_hash
     assert not list((tmp_path / "s" / "hh").glob(".tmp-*"))
 
