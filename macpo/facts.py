@@ -155,6 +155,7 @@ def fact_files(version_dir: Path, manifest: dict) -> dict[str, list[Path]] | Non
         return None
     records = manifest.get("files") or {}
     shards = meta.get("shards") if isinstance(meta.get("shards"), dict) else {}
+    real_dir = version_dir.resolve()
     out = {}
     for subset, entry in manifest["subsets"].items():
         expected = [facts_path(rel) for rel in entry["files"]]
@@ -165,6 +166,8 @@ def fact_files(version_dir: Path, manifest: dict) -> dict[str, list[Path]] | Non
         for rel, facts_file in zip(entry["files"], paths):
             info = shards.get(rel)
             if not isinstance(info, dict) or not facts_file.is_file():
+                return None
+            if not facts_file.resolve().is_relative_to(real_dir):  # a link out would widen the SQL sandbox
                 return None
             if rel in records and info.get("data_sha256") != records[rel]["sha256"]:
                 return None

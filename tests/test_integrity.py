@@ -320,6 +320,19 @@ def test_symlinks_out_of_the_version_are_refused(store, tmp_path):
         store.manifest("run", "round-2")
 
 
+def test_facts_linked_out_of_the_version_are_not_used(store, tmp_path):
+    """The facts shards' paths join the sandbox's allowed files: a link out must not get there."""
+    facts = store.path("hh", "v1") / ".facts" / SHARD
+    outside = tmp_path / "outside.parquet"
+    shutil.copy(facts, outside)
+    facts.unlink()
+    facts.symlink_to(outside)
+    con = open_store(str(store.root))
+    paths = dict(con.execute("SELECT name, value FROM duckdb_settings()").fetchall())["allowed_paths"]
+    assert str(outside) not in paths
+    assert run_query(con, "SELECT count(*) FROM pairs_facts WHERE dataset = 'hh'")[-1][1] == [(20,)]
+
+
 def test_a_corrupt_manifest_is_one_line(store):
     path = _writable(store.path("hh", "v1") / "manifest.json")
     path.write_bytes(b"\xff\xfe{not json")
