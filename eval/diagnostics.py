@@ -40,12 +40,25 @@ def attach_gold(table: pa.Table, column: str, metas: Mapping[str, Any], gold: Ca
     return table.append_column(name, pa.array(values, pa.float64()))
 
 
+def as_pairs(table: pa.Table) -> pa.Table:
+    """A learner's round subset as chosen(/rejected) columns: ``pairs`` as they are; an ``sft`` subset
+    (positives only, ``negative: none``) with completion -> chosen and source_agent -> chosen_agent."""
+    if "chosen" in table.column_names or "completion" not in table.column_names:
+        return table
+    return pa.table({"prompt_id": table.column("prompt_id"), "chosen": table.column("completion"),
+                     "chosen_agent": table.column("source_agent")})
+
+
 def pair_gold(pairs: pa.Table) -> dict:
-    """Gold of chosen vs rejected: means, % pairs with chosen strictly better, % identical texts."""
+    """Gold of chosen vs rejected: means, % pairs with chosen strictly better, % identical texts.
+    Without a ``rejected_gold`` column (positives only) just the chosen side."""
     n = pairs.num_rows
     if n == 0:
         return {"n": 0, "chosen_gold": None, "rejected_gold": None, "chosen_better": None, "identical": None}
     ch = np.asarray(pairs.column("chosen_gold").to_numpy(zero_copy_only=False), dtype=float)
+    if "rejected_gold" not in pairs.column_names:  # positives only (negative: none)
+        return {"n": n, "chosen_gold": float(np.nanmean(ch)) if (~np.isnan(ch)).any() else None,
+                "rejected_gold": None, "chosen_better": None, "identical": None}
     rej = np.asarray(pairs.column("rejected_gold").to_numpy(zero_copy_only=False), dtype=float)
     same = [response_text(a) == response_text(b) for a, b in zip(pairs.column("chosen").to_pylist(), pairs.column("rejected").to_pylist())]
     ok = ~(np.isnan(ch) | np.isnan(rej))

@@ -252,11 +252,12 @@ def round_diagnostics(cfg: RunConfig) -> list[dict]:
         if "candidates" in subsets:
             cands = dg.attach_gold(store.read(layout.rounds_dataset, v, "candidates"), "response", metas, score, "gold")
         for learner in sorted((s for s in subsets if s != "candidates"), key=_agent_order):
-            pairs = store.read(layout.rounds_dataset, v, learner)
+            pairs = dg.as_pairs(store.read(layout.rounds_dataset, v, learner))
             if "chosen" not in pairs.column_names:
                 continue
             pairs = dg.attach_gold(pairs, "chosen", metas, score, "chosen_gold")
-            pairs = dg.attach_gold(pairs, "rejected", metas, score, "rejected_gold")
+            if "rejected" in pairs.column_names:
+                pairs = dg.attach_gold(pairs, "rejected", metas, score, "rejected_gold")
             d = {"round": round_, "learner": learner, **dg.pair_gold(pairs), "picks": dg.filter_picks(pairs)}
             if learner == "student" and cands is not None:
                 d.update(dg.filter_accuracy(cands, pairs))

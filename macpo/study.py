@@ -51,14 +51,21 @@ class Variant:
     round: int | None = None
 
 
+# The two student initialisations the issue compares: the paper's 3 epochs of SFT on the weak labels,
+# and an early stop (8 optimizer steps: where the sandbox notes found weak-to-strong generalisation
+# strongest, before the student copies its teacher's errors). A config may already be one of them;
+# the step cache then makes the duplicate variant free.
 _3EP = {"train": {"student_sft": {"max_steps": -1, "epochs": 3}}}
+_EARLY = {"train": {"student_sft": {"max_steps": 8}}}
 _SELF_PLAY_ALPHA = 0.1
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("naive-w2s", "naive weak-to-strong: SFT on the weak labels with the config's early-stopped budget "
-            "(MACPO's round-0 student; run with T=0)", {"T": 0}, round=0),
+    Variant("naive-w2s", "naive weak-to-strong: SFT on the weak labels with the config's budget (train.student_sft; "
+            "MACPO's round-0 student, run with T=0): the baseline of every difference", {"T": 0}, round=0),
+    Variant("naive-w2s-early", "naive weak-to-strong, early-stopped (8 SFT steps)", {"T": 0, **_EARLY}, round=0),
     Variant("naive-w2s-3ep", "naive weak-to-strong at 3 epochs (the paper's student initialisation)", {"T": 0, **_3EP}, round=0),
-    Variant("macpo", "MACPO as configured, from the early-stopped student"),
+    Variant("macpo", "MACPO as configured"),
+    Variant("macpo-early", "MACPO from the early-stopped student (8 SFT steps)", _EARLY),
     Variant("macpo-3ep", "MACPO from the 3-epoch student (the paper's procedure)", _3EP),
     Variant("no-mp", "-MP: the student's chosen is its own sample (no mutual positives)", {"mutual_positive": False}),
     Variant("no-hn", "-HN (paper): no negatives, every learner trains SFT/NLL on its positives", {"negative": "none"}),
@@ -76,6 +83,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("spac", f"SPAC (alpha {_SELF_PLAY_ALPHA}) on the offline D_w pairs (student only)",
             {"method": "spac", "train": {"dpo": {"alpha": _SELF_PLAY_ALPHA}}}),
     Variant("dpo", "plain iterated DPO on the offline D_w pairs (student only)", {"method": "dpo"}),
+    Variant("pretrained", "the pretrained student before any alignment (the run's pretrained-student agent)",
+            {"T": 0}, agent="pretrained", round=0),
     Variant("gold-ceiling", "the student SFT'd on gold responses with the naive budget (the run's ceiling agent)",
             {"T": 0}, agent="ceiling", round=0),
 ]}
@@ -294,8 +303,9 @@ def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds
     base = config_mod.apply_overrides(base, overrides)
     name = str(base.get("name") or "study")
     runs = []
-    for v in variants:
-        for seed in seeds:
+    # Seed-major: a study stopped part-way has whole seeds, and `--seeds` of those resumes into a table.
+    for seed in seeds:
+        for v in variants:
             data = config_mod._deep_merge(base, VARIANTS[v].overrides)
             # One dataset name for every run, so a shared store version fits any run's store.
             data.update(seed=seed, name=name, out=str((out / "runs" / v / f"seed-{seed}").resolve()))

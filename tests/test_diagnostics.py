@@ -98,3 +98,12 @@ def test_dpo_rewards_from_trainer_metrics():
     old = dg.dpo_rewards({"final_step": {"rewards/accuracies": 0.9, "rewards/margins": 0.2}})
     assert old["accuracy_last"] == 0.9 and old["accuracy_mean"] is None
     assert dg.dpo_rewards(None)["steps"] == 0 and dg.dpo_rewards({"final_step": {}})["accuracy_last"] is None
+
+
+def test_positives_only_rounds_report_the_chosen_side():
+    sft = pa.table({"prompt_id": ["p1", "p2"], "completion": [msg("a"), msg("b")], "source_agent": ["teacher-0", "teacher-1"]})
+    pairs = dg.as_pairs(sft)
+    assert dg.filter_picks(pairs) == {"teacher-0": 1, "teacher-1": 1}
+    pairs = pairs.append_column("chosen_gold", pa.array([1.0, 0.0]))
+    d = dg.pair_gold(pairs)
+    assert d["chosen_gold"] == pytest.approx(0.5) and d["rejected_gold"] is None and d["chosen_better"] is None
