@@ -24,3 +24,15 @@ def pairs_table(rows: list[tuple[str, str, str]], agent: str = "default", round_
     }
     cols.update(extra)
     return pa.table(cols)
+
+
+def one_line_error(p, *needles: str) -> str:
+    """A finished CLI process failed as a user mistake should: exit 2, one stderr line holding
+    every needle, no traceback. Returns the line."""
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

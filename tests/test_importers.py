@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from helpers import one_line_error
 from macpo.builder.importers import parse_hh, parse_llamafactory, parse_trl, split_flat_history
 from macpo.store import Store
 
@@ -128,7 +129,7 @@ def test_skip_bad_rows_to_quarantine(tmp_path):
     assert len(lines) == 2 and json.loads(lines[0])["where"].endswith(":2")
 
 
-def test_missing_source_and_bad_format_are_one_line(tmp_path):
+def test_missing_source_and_bad_format_are_one_line_error(tmp_path):
     r = run("import", tmp_path / "nope.jsonl", "--format", "trl", "--store", tmp_path / "s", "--name", "x")
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
     r = run("import", tmp_path / "nope.jsonl", "--format", "csv", "--store", tmp_path / "s", "--name", "x")
@@ -166,13 +167,6 @@ JSONL = "".join(json.dumps(r) + "\n" for r in ROWS)
 
 def _content(store, name="x", version="v1"):
     return Store(store).manifest(name, version)["content_hash"]
-
-
-def one_line(r, *needles):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for needle in needles:
-        assert needle in r.stderr, r.stderr
 
 
 def test_common_tool_encodings_and_containers_import_the_same_rows(tmp_path):
@@ -244,7 +238,7 @@ def test_bad_rows_are_one_line_or_quarantined(tmp_path, case):
     src = tmp_path / "in.jsonl"
     src.write_bytes(good.encode() + bad + good.replace("q0", "q9").encode())
     args = ["import", src, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--max-line-bytes", "4096"]
-    one_line(run(*args), f"{src}:2:", needle)
+    one_line_error(run(*args), f"{src}:2:", needle)
     assert not (tmp_path / "s").exists()  # nothing written, not even the store folder
     r = run(*args, "--skip-bad")
     assert r.returncode == 0, r.stderr
@@ -253,7 +247,7 @@ def test_bad_rows_are_one_line_or_quarantined(tmp_path, case):
     assert len(quarantined) == 1 and quarantined[0]["where"].endswith(":2") and needle.split(" (")[0] in quarantined[0]["reason"]
 
 
-def test_damaged_files_are_one_line(tmp_path):
+def test_damaged_files_are_one_line_error(tmp_path):
     good = gzip.compress(JSONL.encode() * 200)
     cases = {
         "truncated.jsonl.gz": (good[: len(good) // 2], "broken gz stream"),
@@ -265,7 +259,7 @@ def test_damaged_files_are_one_line(tmp_path):
     }
     for name, (data, needle) in cases.items():
         (tmp_path / name).write_bytes(data)
-        one_line(run("import", tmp_path / name, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--skip-bad"),
+        one_line_error(run("import", tmp_path / name, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--skip-bad"),
                  name, needle)
     assert not (tmp_path / "s").exists()
 
@@ -273,8 +267,8 @@ def test_damaged_files_are_one_line(tmp_path):
 def test_only_regular_files_are_read(tmp_path):
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
-    one_line(run("import", fifo, "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "not a regular file")
-    one_line(run("import", "/dev/zero", "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "not a regular file")
+    one_line_error(run("import", fifo, "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "not a regular file")
+    one_line_error(run("import", "/dev/zero", "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "not a regular file")
     assert not (tmp_path / "s").exists()
 
 
@@ -282,17 +276,17 @@ def test_name_and_store_are_checked_before_any_side_effect(tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text(JSONL + "{oops\n")
     for name in ("../escape", ".hidden", "a/b", ""):
-        one_line(run("import", src, "--format", "trl", "--store", tmp_path / "s", "--name", name, "--skip-bad"),
+        one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "s", "--name", name, "--skip-bad"),
                  "invalid dataset name")
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob("*quarantine*"))
     (tmp_path / "file").write_text("x")
-    one_line(run("import", src, "--format", "trl", "--store", tmp_path / "file", "--name", "x", "--skip-bad"),
+    one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "file", "--name", "x", "--skip-bad"),
              "not a directory")
-    one_line(run("import", src, "--format", "trl", "--store", tmp_path / "no" / "such" / "s", "--name", "x"),
+    one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "no" / "such" / "s", "--name", "x"),
              "does not exist")
     assert not list(tmp_path.rglob("*quarantine*"))
 
 
 def test_a_mistyped_file_path_is_not_taken_for_a_hub_repo(tmp_path):
-    one_line(run("import", "data/train.jsonl", "--format", "trl", "--store", tmp_path / "s", "--name", "x", cwd=tmp_path),
+    one_line_error(run("import", "data/train.jsonl", "--format", "trl", "--store", tmp_path / "s", "--name", "x", cwd=tmp_path),
              "no such file")

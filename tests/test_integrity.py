@@ -1,5 +1,6 @@
 """The store's promises under attack or damage (issue 15): read-only SQL, verified content,
-manifests that cannot escape, hostile importer input. The Hub half is test_integrity_push.py."""
+manifests that cannot escape, writers. The Hub half (the exploit chain ending in a push) is in
+test_publish.py, hostile importer input in test_importers.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import pairs_table
+from helpers import one_line_error, pairs_table
 from macpo.errors import UserError
-from macpo.sql import check_read_only, open_store, run_query
+from macpo.sql import open_store, run_query
 from macpo.store import Store, Subset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +27,6 @@ SHARD = "default/train-00000-of-00001.parquet"
 
 def run(*args, cwd=None, **kw):
     return subprocess.run([*MACPO, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300, **kw)
-
-
-def one_line_error(p, *needles):
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _rows(n, salt=""):

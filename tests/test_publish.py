@@ -16,9 +16,10 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from helpers import msgs, pairs_table
+from helpers import msgs, one_line_error, pairs_table
 from hub_server import FakeHub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,16 +124,6 @@ def no_leak(hub: FakeHub, *procs, folders=()):
             if path.is_file():
                 assert TOKEN.encode() not in path.read_bytes(), f"token leaked into {path}"
     assert all(TOKEN not in path for _, path, _ in hub.log)
-
-
-def one_line_error(p: subprocess.CompletedProcess, *needles: str):
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def readme_yaml(hub, repo, rev="main") -> tuple[dict, str]:
@@ -523,3 +514,111 @@ def test_trainer_trains_from_a_pushed_round(hub, env, store_dir, tiny_model_dir,
     missing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     one_line_error(missing, "macpo-org/nope")
     assert not (tmp_path / "never-written").exists()
+
+
+# ---- integrity (issue 15) and --round's dataset (issue 16) ------------------------------------
+SHARD = "student/train-00000-of-00001.parquet"
+
+
+def macpo_cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "macpo.cli", *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT)
+
+
+def _store(root: Path, datasets=("run",)) -> Path:
+    from macpo.store import Store, Subset
+
+    store = Store(root, create=True)
+    for name in datasets:
+        rows = [(f"question {i}", f"good {name} {i}", f"bad {i}") for i in range(8)]
+        store.write(name, "round-1", {"student": Subset("pairs", pairs_table(rows, "student", 1))})
+    return root
+
+
+def _requests_for(hub, repo):
+    return [entry for entry in hub.log if repo in entry[1]]
+
+
+def _writable(path: Path) -> Path:
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_hostile_query_then_push_publishes_nothing(hub, env, tmp_path):
+    """The issue's chain: EXPLAIN ANALYZE COPY rewrites the manifest to list a file outside the
+    store, then push uploads it under the round's tag. Each link now breaks on its own."""
+    store = _store(tmp_path / "s")
+    version = store / "run" / "round-1"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-BYTES-3b1f\n")
+    evil = json.loads((version / "manifest.json").read_text())
+    evil["subsets"]["student"]["files"] = [str(secret)]
+    evil_json = json.dumps(evil).replace("'", "''")
+    before = (version / "manifest.json").read_bytes()
+
+    # 1. The hostile query is refused, and the manifest is unchanged.
+    q = f"EXPLAIN ANALYZE COPY (SELECT '{evil_json}' AS x) TO '{version}/manifest.json' (FORMAT csv, HEADER false, QUOTE '')"
+    one_line_error(macpo_cli(env, "sql", "--store", store, q), "refused")
+    assert (version / "manifest.json").read_bytes() == before
+
+    # 2. Had it succeeded (done here by hand), push refuses before any request to the Hub.
+    repo = "macpo-org/exploit"
+    _writable(version / "manifest.json").write_text(json.dumps(evil))
+    one_line_error(macpo_cli(env, "push", "--store", store, "--round", "1", "--repo", repo), "invalid manifest", "must be relative")
+    # 3. So does a replaced shard (valid Parquet, other rows) and a byte-flipped one.
+    (version / "manifest.json").write_bytes(before)
+    shard = _writable(version / SHARD)
+    original = shard.read_bytes()
+    from macpo.schema import conform
+
+    pq.write_table(conform(pairs_table([("q", "planted", "x")] * 5, "student", 1), "pairs", "t"), shard)
+    one_line_error(macpo_cli(env, "push", "--store", store, "--round", "1", "--repo", repo), "refusing to push run/round-1", SHARD)
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    shard.write_bytes(bytes(flipped))
+    one_line_error(macpo_cli(env, "push", "--store", store, "--round", "1", "--repo", repo), "damaged", "sha256")
+
+    assert _requests_for(hub, repo) == []  # not even create_repo
+    assert ("dataset", repo) not in hub.repos
+    for path in hub.root.rglob("*"):
+        if path.is_file():
+            assert b"SECRET-BYTES-3b1f" not in path.read_bytes() and b"planted" not in path.read_bytes()
+
+    # 4. Restored, the same push publishes exactly the manifest's files.
+    shard.write_bytes(original)
+    ok = macpo_cli(env, "push", "--store", store, "--round", "1", "--repo", repo, "--no-audit")
+    assert ok.returncode == 0, ok.stderr
+    published = sorted(p for p in hub.files(repo, "round-1") if p != ".gitattributes")  # made with the repo
+    assert published == ["README.md", "round-1/manifest.json", f"round-1/{SHARD}"]
+
+
+@pytest.mark.parametrize("name", ["org/na--me", "org/name.git", "org/..x", "org/" + "x" * 97, "org/-name"])
+def test_repo_names_the_client_rejects_are_refused_up_front(hub, env, tmp_path, name):
+    store = _store(tmp_path / "s")
+    count = len(hub.log)
+    one_line_error(macpo_cli(env, "push", "--store", store, "--round", "1", "--repo", name), "--repo")
+    assert len(hub.log) == count
+    one_line_error(macpo_cli(env, "sql", "--store", store, "--hub", name, "SELECT 1"))
+    one_line_error(macpo_cli(env, "import", name, "--format", "trl", "--store", tmp_path / "i", "--name", "x"))
+    assert len(hub.log) == count and not (tmp_path / "i").exists()
+
+
+def test_push_round_picks_the_only_dataset_holding_it(hub, env, tmp_path):
+    from macpo.store import Store, Subset
+
+    root = _store(tmp_path / "s", datasets=("macpo-demo",))
+    store = Store(root)
+    store.write_next("macpo-demo-data", {"default": Subset("pairs", pairs_table([("q", "a", "b")]))})
+    repo = "macpo-org/pick"
+    p = macpo_cli(env, "push", "--store", root, "--round", "1", "--repo", repo, "--no-audit")
+    assert p.returncode == 0, p.stderr
+    assert "round-1 is in dataset macpo-demo only; pushing macpo-demo/round-1" in p.stderr
+    assert "pushed macpo-demo/round-1 to macpo-org/pick" in p.stdout
+    # A second dataset holding round-1: the error lists both.
+    store.write("macpo-demo-evals", "round-1", {"student": Subset("pairs", pairs_table([("q", "c", "d")], "student", 1))})
+    one_line_error(macpo_cli(env, "push", "--store", root, "--round", "1", "--repo", repo),
+                   "2 datasets", "(macpo-demo, macpo-demo-evals)", "pass --dataset")
+    one_line_error(macpo_cli(env, "push", "--store", root, "--round", "7", "--repo", repo),
+                   "no dataset", "round-7", "macpo-demo, macpo-demo-data, macpo-demo-evals")
+    again = macpo_cli(env, "push", "--store", root, "--round", "1", "--dataset", "macpo-demo", "--repo", repo)
+    assert again.returncode == 0 and "already holds macpo-demo/round-1" in again.stdout
