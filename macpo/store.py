@@ -50,6 +50,7 @@ WRITER_LOCK = ".writer.lock"
 # A .tmp- folder without a writer lock (left by an older macpo) counts as stale after this long;
 # a live writer creates its lock right after the folder, so only microseconds are unlocked.
 UNLOCKED_TMP_GRACE_S = 600
+LOCK_GRACE_S = 60
 
 
 @dataclass(frozen=True)
@@ -573,8 +574,10 @@ def _writer_gone(tmp: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A writer creates its lock file, then locks it: in between, the lock is free. A lock file
+        # that young belongs to a live writer, never to a killed one.
+        return time.time() - os.fstat(fd).st_mtime > LOCK_GRACE_S
     except BlockingIOError:
         return False
     finally:
         os.close(fd)
-    return True

@@ -378,6 +378,11 @@ def test_stale_tmp_folders_are_reported_then_removed_by_the_next_writer(store):
     killed.mkdir()
     (killed / ".writer.lock").touch()
     (killed / "default").mkdir()
+    os.utime(killed / ".writer.lock", (1e9, 1e9))  # killed a while ago
+    # A writer between creating its lock file and locking it is not taken for a killed one.
+    starting = store.root / "hh" / ".tmp-next-0badf00d"
+    starting.mkdir()
+    (starting / ".writer.lock").touch()
     # A live writer's folder (lock held by this process) is neither reported nor removed.
     import fcntl
 
@@ -389,9 +394,10 @@ def test_stale_tmp_folders_are_reported_then_removed_by_the_next_writer(store):
         p = run("status", "--store", store.root)
         assert p.returncode == 0
         assert "stale temporary folder hh/.tmp-next-deadbeef" in p.stdout and "cafecafe" not in p.stdout
+        assert "0badf00d" not in p.stdout
         assert json.loads(run("status", "--store", store.root, "--json").stdout)["stale_tmp"] == ["hh/.tmp-next-deadbeef"]
         store.write_next("hh", {"default": Subset("pairs", pairs_table(_rows(2, "new")))})
-        assert not killed.exists() and live.exists()
+        assert not killed.exists() and live.exists() and starting.exists()
     finally:
         fh.close()
 
