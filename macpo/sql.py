@@ -166,20 +166,18 @@ def _lock_down(con, files: list[str], temp_dir: Path) -> None:
     con.execute("SET allowed_paths=[" + ", ".join(_q(f) for f in files) + "]")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
-    settings = dict(con.execute(
-        "SELECT name, value FROM duckdb_settings() WHERE name IN "
-        "('allowed_directories', 'allowed_paths', 'enable_external_access', 'lock_configuration')"
-    ).fetchall())
-
-    def listed(value: str) -> set[str]:
-        inner = value.strip()[1:-1].strip()
-        return {v.strip() for v in inner.split(", ")} if inner else set()
-
+    # current_setting() returns the same settings as duckdb_settings(), as real lists (the
+    # latter's text form cannot be split safely: a path may hold ", ").
+    dirs, paths, external, locked = con.execute(
+        "SELECT current_setting('allowed_directories'), current_setting('allowed_paths'), "
+        "current_setting('enable_external_access'), current_setting('lock_configuration')"
+    ).fetchone()
     # A bug here is an internal invariant, not a user mistake: a traceback is right.
-    extra_dirs = listed(settings["allowed_directories"]) - {str(temp_dir), str(temp_dir) + "/"}
-    extra_paths = listed(settings["allowed_paths"]) - set(files)
-    if extra_dirs or extra_paths or settings["enable_external_access"] != "false" or settings["lock_configuration"] != "true":
-        raise RuntimeError(f"DuckDB sandbox is wider than the store's data: {settings}")
+    extra_dirs = set(dirs) - {str(temp_dir), str(temp_dir) + "/"}
+    extra_paths = set(paths) - set(files)
+    if extra_dirs or extra_paths or external or not locked:
+        raise RuntimeError(f"DuckDB sandbox is wider than the store's data: directories {dirs}, "
+                           f"{len(extra_paths)} unexpected paths, external access {external}, locked {locked}")
 
 
 def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None):
