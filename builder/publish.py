@@ -214,11 +214,15 @@ def _operations(store, name: str, version: str, manifest: dict, card_text: str, 
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     base = store.path(name, version)
-    adds = [
-        CommitOperationAdd(f"{version}/{rel}", str(base / rel))
-        for entry in manifest["subsets"].values()
-        for rel in entry["files"]
-    ]
+    records = manifest.get("files") or {}
+    adds = []
+    for rel in (rel for entry in manifest["subsets"].values() for rel in entry["files"]):
+        op = CommitOperationAdd(f"{version}/{rel}", str(base / rel))  # hashes the file it will upload
+        # The client's own sha256 of the bytes it sends: a file changed since push verified it
+        # (or during a retry) is refused, never published.
+        if rel in records and op.upload_info.sha256.hex() != records[rel]["sha256"]:
+            raise UserError(f"{name}/{version}: {rel} changed after it was verified; nothing was uploaded")
+        adds.append(op)
     adds.append(CommitOperationAdd(f"{version}/manifest.json", str(base / "manifest.json")))
     adds.append(CommitOperationAdd("README.md", card_text.encode()))
     wanted = {op.path_in_repo for op in adds}

@@ -622,3 +622,21 @@ def test_push_round_picks_the_only_dataset_holding_it(hub, env, tmp_path):
                    "no dataset", "round-7", "macpo-demo, macpo-demo-data, macpo-demo-evals")
     again = macpo_cli(env, "push", "--store", root, "--round", "1", "--dataset", "macpo-demo", "--repo", repo)
     assert again.returncode == 0 and "already holds macpo-demo/round-1" in again.stdout
+
+
+def test_a_file_changed_after_verification_is_not_uploaded(tmp_path):
+    """push verifies, then builds the commit: the client's own sha256 of each file it will send
+    is compared with the manifest's, so a change in between is refused too."""
+    from macpo.builder.publish import _operations
+    from macpo.errors import UserError
+    from macpo.store import Store
+
+    store = Store(_store(tmp_path / "s"))
+    manifest = store.manifest("run", "round-1")
+    assert len(_operations(store, "run", "round-1", manifest, "card", [])) == 3
+    shard = _writable(store.path("run", "round-1") / SHARD)
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{SHARD} changed after it was verified"):
+        _operations(store, "run", "round-1", manifest, "card", [])
