@@ -1,9 +1,9 @@
 """``macpo status``: what a store holds — datasets, versions, row counts, content hashes.
 
-``--verify`` also re-reads every version: each file's size and sha256 against its manifest,
-then each subset's rows re-hashed against its content hash. Any damage (a byte flipped, a
-shard replaced by other valid rows, a file missing) is named per version and file, and the
-command exits 2. Without it, a manifest that fails validation is shown and exits 2 too.
+Every run checks each version's manifest and its files' sizes (cheap). ``--verify`` also
+re-reads every version: each file's sha256 against its manifest, then each subset's rows
+re-hashed against its content hash. Any damage (a byte flipped, a shard replaced by other
+valid rows, a file missing) is named per version and file, and the command exits 2.
 
 Temporary ``.tmp-*`` folders left by a killed writer are listed; the next write to that
 dataset removes them. For a store made by ``macpo run``, status also shows where the run
@@ -20,7 +20,7 @@ from macpo.errors import UserError
 
 
 def collect(store, verify: bool = False) -> dict:
-    out = {"store": str(store.root), "datasets": []}
+    out = {"store": str(store.root), "verified": verify, "datasets": []}
     names = store.datasets()
     bar = None
     if verify:
@@ -48,6 +48,8 @@ def collect(store, verify: bool = False) -> dict:
             if verify:
                 entry["damage"] = store.verify(name, v)
                 bar.update(1)
+            else:  # the cheap check every reader makes: missing or resized files
+                entry["damage"] = store.size_problems(name, v, m)
             versions.append(entry)
         out["datasets"].append({"name": name, "versions": versions})
     if bar is not None:
@@ -82,7 +84,7 @@ def render(info: dict) -> str:
                 lines.append(f"    {v['version']:<10} INVALID  {v['error']}")
                 continue
             subsets = ", ".join(f"{s}={e['rows']}" for s, e in v["subsets"].items())
-            mark = "" if "damage" not in v else ("  DAMAGED" if v["damage"] else "  verified")
+            mark = "  DAMAGED" if v.get("damage") else ("  verified" if info.get("verified") else "")
             lines.append(f"    {v['version']:<10} {v['content_hash'][:23]}  {v['created_at'] or '':<20}  {subsets}{mark}")
             for problem in v.get("damage") or []:
                 lines.append(f"      ! {problem}")
