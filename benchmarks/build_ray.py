@@ -19,10 +19,12 @@ from pathlib import Path
 import common
 
 TARGET = 1.6
-SIZES = {  # prompts, shard size, new tokens
-    "full": (96, 8, 24),
-    "quick": (48, 8, 16),
-    "smoke": (8, 4, 4),
+# prompts, shard size, new tokens, model width (2 layers): enough work per shard that Ray's
+# per-shard and per-model costs are a small part of a build.
+SIZES = {
+    "full": (128, 16, 32, 64),
+    "quick": (64, 16, 24, 64),
+    "smoke": (8, 4, 4, 32),
 }
 
 
@@ -40,10 +42,10 @@ def main(argv=None) -> int:
     from macpo.builder.rounds import RoundBuilder
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    prompts, shard_size, new_tokens = SIZES[mode]
+    prompts, shard_size, new_tokens, hidden = SIZES[mode]
     tmp = Path(tempfile.mkdtemp(prefix="macpo-build-ray-"))
     try:
-        run0 = make_round0(tmp / "run0", prompts=prompts, shard_size=shard_size, max_new_tokens=new_tokens)
+        run0 = make_round0(tmp / "run0", prompts=prompts, shard_size=shard_size, max_new_tokens=new_tokens, hidden=hidden)
 
         t0 = time.perf_counter()
         executor = RayExecutor(num_workers=2, num_cpus_per_worker=1, threads=1, progress=False)
@@ -76,12 +78,12 @@ def main(argv=None) -> int:
             raise AssertionError(f"ray and local builds differ: {hashes}")
         ours, base = common.median(runs["ray_2_workers"]), common.median(runs["local_1_thread"])
         ratio = base / ours
-        shards = f"{prompts} prompts, shards of {shard_size}, {new_tokens} new tokens"
+        shards = f"{prompts} prompts, shards of {shard_size}, {new_tokens} new tokens, width {hidden}"
         common.report(
             "build_ray_speedup", ratio=ratio, ours=ours, baseline=base, unit="s", args=args,
             target=f">= {TARGET} (2 Ray workers x 1 thread vs local 1 thread)", met=ratio >= TARGET, runs=runs,
             rep_ratios=common.paired(runs, lambda a, b: b / a, ours="ray_2_workers"), meets=lambda v: v >= TARGET,
-            extra={"prompts": prompts, "shard_size": shard_size, "new_tokens": new_tokens, "content_hash": hashes["ray_2_workers"].pop(),
+            extra={"prompts": prompts, "shard_size": shard_size, "new_tokens": new_tokens, "hidden": hidden, "content_hash": hashes["ray_2_workers"].pop(),
                    "shards_per_worker": sorted(served.values()), "startup_seconds": t_ready},
             size=shards,
         )
