@@ -81,6 +81,7 @@ class ShardWorker:
 
     def __init__(self, threads: int):
         import torch
+        import transformers  # noqa: F401  (seconds of import paid while the driver plans, not on the first shard)
 
         torch.set_num_threads(threads)
         self._key: str | None = None
