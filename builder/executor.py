@@ -39,7 +39,9 @@ from macpo.errors import UserError
 
 @dataclass(frozen=True)
 class Work:
-    """One model and what to do with each shard under it.
+    """One model and what to do with each shard under it. Executors take a list of ``(work,
+    shard input)`` tasks, so the shards of several models (every agent's generation of a round)
+    share one pass over the workers, without a wait for the slowest shard between models.
 
     ``load(progress)`` builds the model (a generator, or ``(model, tokenizer)``); ``run(model,
     item, progress)`` turns one shard's input into its table. Both must be picklable for Ray:
@@ -61,11 +63,12 @@ class LocalExecutor:
     def __init__(self, progress: bool = True):
         self.progress = progress
 
-    def map(self, work: Work, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        model = None
-        for i, item in enumerate(items):
-            if model is None:
-                model = work.load(self.progress)
+    def map(self, tasks: Sequence[tuple[Work, Any]], desc: str = "shards") -> Iterator[tuple[int, Any]]:
+        model, key = None, None
+        for i, (work, item) in enumerate(tasks):
+            if work.key != key:
+                model, key = None, None  # one model in memory at a time
+                model, key = work.load(self.progress), work.key
             yield i, work.run(model, item, self.progress)
 
     def close(self) -> None:
@@ -168,15 +171,16 @@ class RayExecutor:
     def worker_pids(self) -> list[int]:
         return self.ray.get([w.pid.remote() for w in self.workers])
 
-    def map(self, work: Work, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def map(self, tasks: Sequence[tuple[Work, Any]], desc: str = "shards") -> Iterator[tuple[int, Any]]:
         from tqdm.auto import tqdm
 
-        if not items:
+        if not tasks:
             return
-        ref = self.ray.put(work)  # once per map, not once per shard
-        with tqdm(total=len(items), desc=f"{work.desc} ({len(self.workers)} ray workers)", unit="shard",
+        refs = {work.key: self.ray.put(work) for work, _ in tasks}  # once per model, not once per shard
+        calls = [(refs[work.key], i, item) for i, (work, item) in enumerate(tasks)]
+        with tqdm(total=len(tasks), desc=f"{desc} ({len(self.workers)} ray workers)", unit="shard",
                   disable=not self.progress) as bar:
-            for index, pid, table in self.pool.map_unordered(lambda a, v: a.run.remote(ref, *v), list(enumerate(items))):
+            for index, pid, table in self.pool.map_unordered(lambda a, v: a.run.remote(*v), calls):
                 self.served[pid] += 1
                 bar.update(1)
                 yield index, table

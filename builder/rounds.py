@@ -123,23 +123,25 @@ class RoundBuilder:
             self._executor.close()
             self._executor = None
 
-    def _run_shards(self, work, shards: list[tuple[Path, object]]) -> list:
-        """Each shard's table, in shard order: read from its checkpoint, or run by the executor
-        (only the missing ones) and checkpointed by this process as it comes back."""
+    def _run_shards(self, jobs: list, desc: str) -> list[list]:
+        """``jobs``: ``(work, [(checkpoint path, shard input), ...])`` per model. Each shard's table,
+        in shard order per job: read from its checkpoint, or run by the executor (only the missing
+        ones, all jobs in one pass) and checkpointed by this process as it comes back."""
         import pyarrow.parquet as pq
 
-        missing = [i for i, (path, _) in enumerate(shards) if not path.is_file()]
+        missing = [(j, k) for j, (_, shards) in enumerate(jobs) for k, (path, _) in enumerate(shards) if not path.is_file()]
+        total = sum(len(shards) for _, shards in jobs)
         self.shard_counts["run"] += len(missing)
-        self.shard_counts["checkpointed"] += len(shards) - len(missing)
+        self.shard_counts["checkpointed"] += total - len(missing)
         done = {}
-        for j, table in self.executor.map(work, [shards[i][1] for i in missing]):
-            i = missing[j]
-            _atomic_parquet(table, shards[i][0])
-            done[i] = table
-        return [done[i] if i in done else pq.read_table(path) for i, (path, _) in enumerate(shards)]
+        for t, table in self.executor.map([(jobs[j][0], jobs[j][1][k][1]) for j, k in missing], desc=desc):
+            j, k = missing[t]
+            _atomic_parquet(table, jobs[j][1][k][0])
+            done[j, k] = table
+        return [[done[j, k] if (j, k) in done else pq.read_table(path) for k, (path, _) in enumerate(shards)]
+                for j, (_, shards) in enumerate(jobs)]
 
-    def generate(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy=False):
-        """Candidates of ``agent`` on every prompt, one Parquet checkpoint per shard."""
+    def _generate_job(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy: bool):
         from functools import partial
 
         from macpo.builder.executor import Work
@@ -158,27 +160,43 @@ class RoundBuilder:
         load = partial(_load_generator, self.cfg.generation, source, self.cfg.sampling.batch_size, self.cfg.sampling.seed)
         work = Work(key=repr(("generator", source, self.cfg.generation, self.cfg.sampling.batch_size, self.cfg.sampling.seed)),
                     load=load, run=_generate_shard, desc=f"generate {agent}")
-        return _concat(self._run_shards(work, shards))
+        return work, shards
 
-    def score(self, version: str, scorer: str, model_path: Path, candidates):
-        """Perplexity of each candidate under ``scorer``'s model; checkpointed per shard."""
+    def generate_all(self, version: str, round_: int, agents: list[tuple[str, Path]], prompts_table, greedy=False):
+        """Candidates of each ``(agent, model)`` on every prompt (one table per agent), one Parquet
+        checkpoint per shard."""
+        jobs = [self._generate_job(version, round_, agent, path, prompts_table, greedy) for agent, path in agents]
+        return [_concat(tables) for tables in self._run_shards(jobs, desc=f"{version} generation")]
+
+    def generate(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy=False):
+        """Candidates of ``agent`` on every prompt, one Parquet checkpoint per shard."""
+        return self.generate_all(version, round_, [(agent, model_path)], prompts_table, greedy)[0]
+
+    def score_all(self, version: str, jobs: list[tuple[str, Path, object]]):
+        """Perplexity of each candidate under each ``(scorer, model, candidates)``; checkpointed per shard."""
         from functools import partial
 
         from macpo.builder.executor import Work
 
         work_dir = self.store.work_dir(self.layout.rounds_dataset, version)
-        shards = []
         step = self.cfg.shard_size * max(1, self.cfg.sampling.n)
-        for shard, start in enumerate(range(0, candidates.num_rows, step)):
-            part = candidates.slice(start, step)
-            ids, responses = part.column("candidate_id").to_pylist(), part.column("response").to_pylist()
-            key = _fingerprint(ids, model_path, responses)
-            item = (scorer, ids, part.column("prompt").to_pylist(), responses)
-            shards.append((work_dir / f"ppl-{scorer}-{shard:05d}-{key}.parquet", item))
-        source = self.layout.model_source(scorer, model_path)
-        work = Work(key=repr(("scorer", source)), load=partial(_load_scorer, source), run=_score_shard,
-                    desc=f"score under {scorer}")
-        return _concat(self._run_shards(work, shards))
+        planned = []
+        for scorer, model_path, candidates in jobs:
+            shards = []
+            for shard, start in enumerate(range(0, candidates.num_rows, step)):
+                part = candidates.slice(start, step)
+                ids, responses = part.column("candidate_id").to_pylist(), part.column("response").to_pylist()
+                key = _fingerprint(ids, model_path, responses)
+                item = (scorer, ids, part.column("prompt").to_pylist(), responses)
+                shards.append((work_dir / f"ppl-{scorer}-{shard:05d}-{key}.parquet", item))
+            source = self.layout.model_source(scorer, model_path)
+            planned.append((Work(key=repr(("scorer", source)), load=partial(_load_scorer, source), run=_score_shard,
+                                 desc=f"score under {scorer}"), shards))
+        return [_concat(tables) for tables in self._run_shards(planned, desc=f"{version} scoring")]
+
+    def score(self, version: str, scorer: str, model_path: Path, candidates):
+        """Perplexity of each candidate under ``scorer``'s model; checkpointed per shard."""
+        return self.score_all(version, [(scorer, model_path, candidates)])[0]
 
     # ---- round 0 -------------------------------------------------------------------------
     def next_bootstrap_part(self) -> str:
@@ -240,9 +258,10 @@ class RoundBuilder:
         if self.cfg.method == "macpo":
             q = self.data("q")
             negatives = []
-            for learner in self.cfg.agent_names():
+            learners = self.cfg.agent_names()
+            generated = self.generate_all("round-0", 0, [(f"{x}-neg", self.layout.require_model(f"{x}-neg", 0)) for x in learners], q)
+            for learner, cands in zip(learners, generated):
                 agent = f"{learner}-neg"
-                cands = self.generate("round-0", 0, agent, self.layout.require_model(agent, 0), q)
                 first = cands.filter(_eq(cands.column("sample_index"), 0))
                 table = _sft_rows(first.column("prompt").to_pylist(), first.column("response").to_pylist(),
                                   prompt_ids=first.column("prompt_id").to_pylist(), agent=learner, source_agent=agent, round_=0,
@@ -266,12 +285,11 @@ class RoundBuilder:
         self._require(previous)
         q = self.data("q")
         models = {a: self.layout.require_model(a, n - 1) for a in self.cfg.agent_names()}
-        candidates = _concat([self.generate(version, n, a, models[a], q) for a in self.cfg.agent_names()])
+        candidates = _concat(self.generate_all(version, n, [(a, models[a]) for a in self.cfg.agent_names()], q))
         # Familiarity: the student scores teacher candidates; each teacher scores the student's.
         is_student = _eq(candidates.column("agent"), "student")
-        scores = [self.score(version, "student", models["student"], candidates)]
-        for t in self.cfg.teacher_names():
-            scores.append(self.score(version, t, models[t], candidates.filter(is_student)))
+        scores = self.score_all(version, [("student", models["student"], candidates),
+                                          *[(t, models[t], candidates.filter(is_student)) for t in self.cfg.teacher_names()]])
         candidates = pairing.attach_familiarity(candidates, _concat(scores))
         pairs = pairing.macpo_pairs(
             candidates, hard_negatives if self.cfg.negative == "hard" else None, round_=n,
