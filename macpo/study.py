@@ -255,6 +255,7 @@ class RunResult:
     out: Path
     rows: list[dict]  # report rows: round, agent, helpful, harmless, combined, ...
     responses: dict[tuple[int, str], dict[str, str]]  # (round, agent) -> prompt_id -> response text
+    weak: str = "teacher-0"  # the weak-label teacher
 
 
 def read_run(variant: str, seed: int, cfg) -> RunResult:
@@ -270,7 +271,7 @@ def read_run(variant: str, seed: int, cfg) -> RunResult:
         table = store.read(layout.evals_dataset, version, "default")
         for r, a, pid, resp in zip(*(table.column(c).to_pylist() for c in ("round", "agent", "prompt_id", "response"))):
             responses.setdefault((r, a), {})[pid] = resp[-1]["content"] if resp else ""
-    return RunResult(variant, seed, layout.out, rows, responses)
+    return RunResult(variant, seed, layout.out, rows, responses, weak=f"teacher-{cfg.weak_label_teacher}")
 
 
 def result_cell(v: Variant, run: RunResult) -> tuple[int, str] | None:
@@ -415,7 +416,7 @@ def study_rows(read: list[RunResult], baseline_by_seed: dict[int, RunResult]) ->
     for run in read:
         ref = baseline_by_seed.get(run.seed, run)
         pick = lambda rs, agent: next((r.get("combined") for r in rs if r["round"] == 0 and r["agent"] == agent), None)  # noqa: E731
-        weak = pick(run.rows, "teacher-0") if pick(run.rows, "teacher-0") is not None else pick(ref.rows, "teacher-0")
+        weak = pick(run.rows, run.weak) if pick(run.rows, run.weak) is not None else pick(ref.rows, ref.weak)
         ceil_name = ceiling_agent(run.rows) or ceiling_agent(ref.rows)
         ceiling = (pick(run.rows, ceil_name) if ceil_name and pick(run.rows, ceil_name) is not None
                    else pick(ref.rows, ceil_name) if ceil_name else None)
