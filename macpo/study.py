@@ -302,6 +302,11 @@ def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds
     if not isinstance(base, dict):
         raise UserError(f"{p}: the top level must be a mapping")
     base = config_mod.apply_overrides(base, overrides)
+    models = [str(base.get("student") or ""), *map(str, base.get("teachers") or [])]
+    if not base.get("world") and not any("sandbox:" in m for m in models):
+        # The study's intervals and differences are over per-prompt gold scores.
+        raise UserError(f"{p}: macpo study needs the built-in sandbox's gold reward (a `world` section); "
+                        "for real data run the variants with macpo run and compare their reports")
     name = str(base.get("name") or "study")
     runs = []
     # Seed-major: a study stopped part-way has whole seeds, and `--seeds` of those resumes into a table.

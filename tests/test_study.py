@@ -172,3 +172,10 @@ def test_tiny_study_end_to_end_shares_steps(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "study.json").read_text())["steps"]["ran"] == 0  # a rerun resumes: every step is up to date
+
+
+def test_a_study_needs_the_sandbox_gold_reward(tmp_path):
+    cfg = tmp_path / "real.yaml"
+    cfg.write_text("K: 1\nteachers: [t]\nstudent: s\n")
+    r = subprocess.run([*MACPO, "study", str(cfg), "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 2 and "gold reward" in r.stderr and not (tmp_path / "s").exists()
