@@ -325,18 +325,27 @@ def push(
     return PushResult(repo, version, "pushed", commit.oid, content_hash, dataset=name)
 
 
+TRAINING_KINDS = ("pairs", "sft")
+
+
 def _dataset_holding(store, version: str, log) -> str | None:
-    """The dataset to push ``version`` from when none is named: the only one holding that version
-    (``--round 1`` of a run store means the run's rounds, not its data or evals)."""
+    """The dataset to push ``version`` from when none is named: the only one holding that version,
+    or else the only one whose version holds training data (``--round 1`` of a run store means
+    the run's round, not the eval results stored as ``<run>-evals/round-1``)."""
     names = store.datasets()
     if len(names) <= 1:
         return None  # Store.resolve names the one dataset, or says there is none
     holding = [n for n in names if version in store.versions(n)]
-    if len(holding) == 1:
-        log(f"macpo push: {version} is in dataset {holding[0]} only; pushing {holding[0]}/{version}")
-        return holding[0]
     if not holding:
         raise UserError(f"no dataset in store {store.root} has version {version} (datasets: {', '.join(names)})")
+    rounds = [n for n in holding
+              if any(e["kind"] in TRAINING_KINDS for e in store.manifest(n, version)["subsets"].values())]
+    if len(holding) == 1 or len(rounds) == 1:
+        pick = holding[0] if len(holding) == 1 else rounds[0]
+        others = [n for n in holding if n != pick]
+        also = f" ({', '.join(others)} also has {version}, without pairs or sft; pass --dataset to push it)" if others else ""
+        log(f"macpo push: pushing {pick}/{version}, the only dataset with {version} training data{also}")
+        return pick
     raise UserError(f"{len(holding)} datasets in store {store.root} have version {version} ({', '.join(holding)}); pass --dataset")
 
 

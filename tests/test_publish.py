@@ -603,23 +603,27 @@ def test_repo_names_the_client_rejects_are_refused_up_front(hub, env, tmp_path, 
     assert len(hub.log) == count and not (tmp_path / "i").exists()
 
 
-def test_push_round_picks_the_only_dataset_holding_it(hub, env, tmp_path):
+def test_push_round_picks_the_run_dataset(hub, env, tmp_path):
+    """The demo's store: macpo-demo (rounds), macpo-demo-data (v1), macpo-demo-evals (round-N of
+    kind evals). `push --round 1` as the README writes it pushes the run's round-1."""
+    from macpo.schema import KINDS
     from macpo.store import Store, Subset
 
     root = _store(tmp_path / "s", datasets=("macpo-demo",))
     store = Store(root)
     store.write_next("macpo-demo-data", {"default": Subset("pairs", pairs_table([("q", "a", "b")]))})
+    store.write("macpo-demo-evals", "round-1", {"default": Subset("evals", pa.Table.from_pylist([], schema=KINDS["evals"]))})
     repo = "macpo-org/pick"
     p = macpo_cli(env, "push", "--store", root, "--round", "1", "--repo", repo, "--no-audit")
     assert p.returncode == 0, p.stderr
-    assert "round-1 is in dataset macpo-demo only; pushing macpo-demo/round-1" in p.stderr
+    assert "pushing macpo-demo/round-1, the only dataset with round-1 training data (macpo-demo-evals also has" in p.stderr
     assert "pushed macpo-demo/round-1 to macpo-org/pick" in p.stdout
-    # A second dataset holding round-1: the error lists both.
-    store.write("macpo-demo-evals", "round-1", {"student": Subset("pairs", pairs_table([("q", "c", "d")], "student", 1))})
+    # A second dataset holding round-1 pairs: the error lists every dataset holding round-1.
+    store.write("macpo-other", "round-1", {"student": Subset("pairs", pairs_table([("q", "c", "d")], "student", 1))})
     one_line_error(macpo_cli(env, "push", "--store", root, "--round", "1", "--repo", repo),
-                   "2 datasets", "(macpo-demo, macpo-demo-evals)", "pass --dataset")
+                   "3 datasets", "(macpo-demo, macpo-demo-evals, macpo-other)", "pass --dataset")
     one_line_error(macpo_cli(env, "push", "--store", root, "--round", "7", "--repo", repo),
-                   "no dataset", "round-7", "macpo-demo, macpo-demo-data, macpo-demo-evals")
+                   "no dataset", "round-7", "macpo-demo, macpo-demo-data, macpo-demo-evals, macpo-other")
     again = macpo_cli(env, "push", "--store", root, "--round", "1", "--dataset", "macpo-demo", "--repo", repo)
     assert again.returncode == 0 and "already holds macpo-demo/round-1" in again.stdout
 
