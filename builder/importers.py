@@ -436,8 +436,9 @@ def _check_destination(store_dir: str, name: str, quarantine: str | None) -> Pat
     store = Path(store_dir)
     if store.exists() and not store.is_dir():
         raise UserError(f"--store {store_dir}: exists and is not a directory")
-    if not store.exists() and not store.parent.is_dir():
-        raise UserError(f"--store {store_dir}: its parent folder {store.parent} does not exist")
+    existing = next((a for a in (store, *store.parents) if a.exists()), None)
+    if existing is not None and not existing.is_dir():  # created with its parents later, like mkdir -p
+        raise UserError(f"--store {store_dir}: {existing} is not a directory")
     qpath = Path(quarantine) if quarantine else store / f"{name}.quarantine.jsonl"
     if qpath.is_dir() or (qpath.exists() and not qpath.is_file()):
         raise UserError(f"--quarantine {qpath}: not a regular file path")

@@ -282,9 +282,11 @@ def test_name_and_store_are_checked_before_any_side_effect(tmp_path):
     (tmp_path / "file").write_text("x")
     one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "file", "--name", "x", "--skip-bad"),
              "not a directory")
-    one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "no" / "such" / "s", "--name", "x"),
-             "does not exist")
+    one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "file" / "s", "--name", "x", "--skip-bad"),
+                   "is not a directory")
     assert not list(tmp_path.rglob("*quarantine*"))
+    # A new store is created with its parents, as before.
+    assert run("import", src, "--format", "trl", "--store", tmp_path / "new" / "s", "--name", "x", "--skip-bad").returncode == 0
 
 
 def test_a_mistyped_file_path_is_not_taken_for_a_hub_repo(tmp_path):
