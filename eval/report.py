@@ -279,6 +279,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] | None = None) -> list[Path]:
     plt = _plt()
     paths = []
@@ -299,10 +306,7 @@ def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] |
     ax.set_xticks(rounds)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "reward_by_round.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "reward_by_round.png"))
 
     x_axis, y_axis = ("helpful", "harmless") if "helpful" in axes and "harmless" in axes else (axes[0], axes[-1])
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -319,10 +323,7 @@ def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] |
     ax.set_title(f"{x_axis} vs {y_axis} (labels: round)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "helpful_vs_harmless.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "helpful_vs_harmless.png"))
 
     pgr_pts = sorted((r["round"], r["pgr"]) for r in rows if r["agent"] == "student" and r.get("pgr") is not None)
     if pgr_pts:
@@ -335,10 +336,7 @@ def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] |
         ax.set_title("Performance gap recovered (0 = weak teacher, 1 = gold ceiling)")
         ax.set_xticks(rounds)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(out / "pgr_by_round.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(plt, fig, out / "pgr_by_round.png"))
 
     student = [d for d in diagnostics or [] if d["learner"] == "student"]
     if student:
@@ -355,10 +353,7 @@ def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] |
             a.set_xticks(xs)
             a.grid(alpha=0.3)
             a.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "pairs_by_round.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(plt, fig, out / "pairs_by_round.png"))
     return paths
 
 

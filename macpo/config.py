@@ -328,19 +328,24 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
     return data
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A config file's plain mapping (not yet validated), or a one-line UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{p}: the top level must be a mapping")
+    return loaded
+
+
 def load(path: str | Path | None, overrides: dict[str, str] | None = None, base: dict | None = None) -> RunConfig:
     data = dict(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{p}: the top level must be a mapping")
-        data = _deep_merge(data, loaded)
+        data = _deep_merge(data, read_yaml(path))
     data = apply_overrides(data, overrides or {})
     return from_dict(data)
 

@@ -288,20 +288,10 @@ def result_cell(v: Variant, run: RunResult) -> tuple[int, str] | None:
 # ---- the study ------------------------------------------------------------------------------------------
 def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds: list[int], out: Path) -> list[tuple[str, int, dict]]:
     """(variant, seed, run-config mapping) for every run; the baseline always runs."""
-    import yaml
-
     from macpo import config as config_mod
 
     p = Path(config)
-    if not p.is_file():
-        raise UserError(f"config file {p} does not exist")
-    try:
-        base = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(base, dict):
-        raise UserError(f"{p}: the top level must be a mapping")
-    base = config_mod.apply_overrides(base, overrides)
+    base = config_mod.apply_overrides(config_mod.read_yaml(p), overrides)
     models = [str(base.get("student") or ""), *map(str, base.get("teachers") or [])]
     if not base.get("world") and not any("sandbox:" in m for m in models):
         # The study's intervals and differences are over per-prompt gold scores.
@@ -506,7 +496,7 @@ def _gates(read: list[RunResult]) -> dict[str, list[dict]]:
 
 
 def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[str]) -> list[str]:
-    from macpo.eval.report import _plt
+    from macpo.eval.report import _plt, _save
 
     plt = _plt()
     names = []
@@ -523,10 +513,7 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
         ax.set_yticklabels([s["variant"] for s in shown])
         ax.set_xlabel("combined gold reward (mean over seeds, 95% bootstrap interval)")
         ax.grid(alpha=0.3, axis="x")
-        fig.tight_layout()
-        names.append("study_combined.png")
-        fig.savefig(out / names[-1], dpi=110)
-        plt.close(fig)
+        names.append(_save(plt, fig, out / "study_combined.png").name)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
         pts = {}
@@ -544,10 +531,9 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
         ax.set_ylabel("student combined gold reward (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        names.append("study_rounds.png")
-        fig.savefig(out / names[-1], dpi=110)
-    plt.close(fig)
+        names.append(_save(plt, fig, out / "study_rounds.png").name)
+    else:
+        plt.close(fig)
     return names
 
 
