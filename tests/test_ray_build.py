@@ -187,7 +187,7 @@ def local_round1(run0, tmp_path_factory):
     return cfg, result.content_hash
 
 
-def _build_cli(cfg, *extra: str, **popen) -> list[str]:
+def _build_cli(cfg, *extra: str) -> list[str]:
     from macpo.config import dump
 
     path = Path(cfg.out) / "run.yaml"
