@@ -48,6 +48,20 @@ def test_outputs_and_views(ci_run):
     assert csv[0].startswith("round,agent,method,helpful,harmless,combined")
 
 
+def test_manifests_record_the_generation_backend_and_the_trainer_its_reference(ci_run):
+    import transformers
+
+    out, _ = ci_run
+    store = Store(out / "store")
+    name = next(n for n in store.datasets() if not n.endswith(("-data", "-evals")))
+    for dataset, version in ((name, "round-1"), (f"{name}-evals", "round-1")):
+        generation = store.manifest(dataset, version)["generation"]
+        assert generation == {"backend": "transformers", "package": "transformers", "version": transformers.__version__}
+    metrics = json.loads((out / "models" / "round-1" / "student" / "metrics.json").read_text())
+    reference = metrics["reference"]
+    assert reference["role"] in ("base", "previous") and reference["weights"][0]["hash"].startswith("sha256:")
+
+
 def test_round_invariants_in_sql(ci_run):
     out, _ = ci_run
     rounds = "dataset NOT LIKE '%-data' AND dataset NOT LIKE '%-evals' AND round >= 1"
@@ -156,13 +170,11 @@ def test_stored_reference_logps_train_like_the_reference_model(ci_run, tmp_path)
     # The run's own student job for round 1, once on each store.
     cfg = load(cfg_path)
     step = next(s for s in plan(cfg, cfg_path) if s.name == "train agents round-1")
-    student_job = next(j for j in json.loads(step.argv[-1]) if j[j.index("--subset") + 1] == "student")
+    student_job = next(j for j in json.loads(step.argv[-1]) if j["subset"] == "student")
     metrics = {}
     for label, store_out in [("stored", copy), ("model", out)]:
-        argv = list(student_job)
-        argv[argv.index("--data") + 1] = str(store_out / "store")
-        argv[argv.index("--out") + 1] = str(tmp_path / f"student-{label}")
-        r = subprocess.run([*MACPO, "train", *argv], capture_output=True, text=True)
+        job = {**student_job, "data": str(store_out / "store"), "out": str(tmp_path / f"student-{label}")}
+        r = subprocess.run([sys.executable, "-m", "macpo.trainbatch", json.dumps([job])], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         metrics[label] = json.loads((tmp_path / f"student-{label}" / "metrics.json").read_text())
     assert "reference log-probs from the data" in metrics["stored"]["data"]
