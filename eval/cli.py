@@ -178,7 +178,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from macpo import config as config_mod
 
-    cfg = config_mod.load(args.config, parse_kv(args.set))
+    from macpo.orchestrate import resolve_config
+
+    # Resolved as `macpo run` resolves it, so a standalone step with --set runs what the run would.
+    cfg = resolve_config(config_mod.load(args.config, parse_kv(args.set)))
     if args.prepare:
         prepare(cfg)
         print(f"data ready in {RunLayout(cfg).store_dir}")
