@@ -294,12 +294,10 @@ def generator_for(generation: Any, source: Any, *, batch_size: int, progress: bo
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(generation.dtype)
         return make_generator("transformers", source.path, gguf_file=source.gguf_file, revision=source.revision,
                               dtype=dtype, batch_size=batch_size, progress=progress)
-    engine = {"dtype": generation.dtype, "gpu_memory_utilization": generation.gpu_memory_utilization,
-              "enforce_eager": generation.enforce_eager}
-    if generation.max_model_len:
-        engine["max_model_len"] = generation.max_model_len
     return make_generator("vllm", source.path, gguf_file=source.gguf_file, revision=source.revision,
-                          tensor_parallel_size=generation.tensor_parallel_size, seed=seed, llm_kwargs=engine,
+                          tensor_parallel_size=generation.tensor_parallel_size, seed=seed, dtype=generation.dtype,
+                          gpu_memory_utilization=generation.gpu_memory_utilization or None,
+                          max_model_len=generation.max_model_len or None, enforce_eager=generation.enforce_eager,
                           progress=progress)
 
 

