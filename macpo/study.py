@@ -27,7 +27,6 @@ combined, pgr) and PNG plots.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 
 from macpo.cliutil import make_parser, parse_kv
 from macpo.errors import UserError
-from macpo.hashing import json_hash
+from macpo.hashing import file_sha256, json_hash
 
 
 @dataclass(frozen=True)
@@ -147,14 +146,6 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def output_hash(outputs: list[Path]) -> str:
     """Content of a step's outputs: a store version's content hash, or a model folder's files."""
     parts = []
@@ -164,7 +155,7 @@ def output_hash(outputs: list[Path]) -> str:
             parts.append(("store", out.name, json.loads(manifest.read_text())["content_hash"]))
             continue
         files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in _RUN_SPECIFIC)
-        parts.append(("files", out.name, [(str(p.relative_to(out)), _file_sha256(p)) for p in files]))
+        parts.append(("files", out.name, [(str(p.relative_to(out)), file_sha256(p)) for p in files]))
     return json_hash(parts)
 
 

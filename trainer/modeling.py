@@ -149,8 +149,6 @@ def adapter_info(path: str) -> dict:
 def weights_identity(path: str, revision: str | None = None, gguf_file: str | None = None) -> dict:
     """``{"path", "revision", "commit", "hash"}`` of the weights at ``path``: sha256 over the weight
     files (names and contents) of a local folder, or of the Hub snapshot ``revision`` resolves to."""
-    import hashlib
-
     folder, commit = Path(path), None
     if not folder.is_dir():
         from huggingface_hub import try_to_load_from_cache
@@ -160,15 +158,11 @@ def weights_identity(path: str, revision: str | None = None, gguf_file: str | No
         commit = folder.name if folder is not None else None
     digest = None
     if folder is not None:
+        from macpo.hashing import file_sha256, json_hash
+
         names = [gguf_file] if gguf_file else sorted(
             f.name for f in folder.iterdir() if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt", ".gguf"})
-        h = hashlib.sha256()
-        for name in names:
-            h.update(name.encode() + b"\0")
-            with open(folder / name, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-        digest = "sha256:" + h.hexdigest()
+        digest = json_hash([[name, file_sha256(folder / name)] for name in names])
     return {"path": str(path), "revision": revision, "gguf_file": gguf_file, "commit": commit, "hash": digest}
 
 
@@ -176,11 +170,12 @@ def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
     """The trainable model and (when ``need_ref``) the way its reference is obtained."""
     base = load_base(cfg)
     revision, gguf_file = _base_options(cfg, cfg.model)
-    model_id = weights_identity(cfg.model, revision, gguf_file) if need_ref else None
-    adapter_id = weights_identity(cfg.adapter) if need_ref and cfg.adapter else None
 
-    def ref(role: str, how: str, *weights: dict) -> dict:
-        return {"role": role, "how": how, "weights": list(weights)}
+    def ref(role: str, how: str, *weights) -> dict:
+        """metrics.json's reference record. ``weights``: "model" / "adapter" (hashed only here, when
+        they serve as the reference) or an identity dict."""
+        ids = {"model": lambda: weights_identity(cfg.model, revision, gguf_file), "adapter": lambda: weights_identity(cfg.adapter)}
+        return {"role": role, "how": how, "weights": [ids[w]() if isinstance(w, str) else w for w in weights]}
 
     lora = cfg.lora_r > 0
     if not need_ref:
@@ -193,18 +188,18 @@ def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
     if cfg.adapter and lora:
         model = _load_adapter(base, cfg, trainable=True)
         if cfg.ref == "base":
-            return Policy(model, drop_ref_adapter=True, reference=ref("base", "adapter disabled", model_id))
-        return Policy(model, reference=ref("previous", "frozen copy of the loaded adapter", model_id, adapter_id))
+            return Policy(model, drop_ref_adapter=True, reference=ref("base", "adapter disabled", "model"))
+        return Policy(model, reference=ref("previous", "frozen copy of the loaded adapter", "model", "adapter"))
     if cfg.adapter:  # full fine-tuning that starts from base + adapter
         base_copy = copy.deepcopy(base) if cfg.ref == "base" else None
         policy = _merged_policy(base, cfg, reference=None)
         if cfg.ref == "base":
-            return Policy(policy.model, ref_model=base_copy, reference=ref("base", "copy of the base before the merge", model_id))
+            return Policy(policy.model, ref_model=base_copy, reference=ref("base", "copy of the base before the merge", "model"))
         return Policy(policy.model, ref_model=copy.deepcopy(policy.model),
-                      reference=ref("previous", "copy of base + adapter", model_id, adapter_id))
+                      reference=ref("previous", "copy of base + adapter", "model", "adapter"))
     if lora:
         # A fresh adapter: base and starting policy coincide; TRL disables the adapter for the reference.
-        return Policy(base, peft_config=lora_config(cfg), reference=ref(cfg.ref, "adapter disabled", model_id))
+        return Policy(base, peft_config=lora_config(cfg), reference=ref(cfg.ref, "adapter disabled", "model"))
     if cfg.ref == "base" and cfg.ref_model and cfg.ref_model != cfg.model:
         # --model is a previous round's full fine-tune; the base weights come from --ref-model.
         ref_base = load_base(cfg, cfg.ref_model)
@@ -214,7 +209,7 @@ def load_policy(cfg: TrainConfig, need_ref: bool) -> Policy:
                                     weights_identity(cfg.ref_model, cfg.model_revision, cfg.gguf_file)))
     # Passed explicitly: TRL would otherwise re-load it from the path without our revision/gguf options.
     how = "frozen copy of --model" + (" (no --ref-model given: --model is taken as the base)" if cfg.ref == "base" else "")
-    return Policy(base, ref_model=copy.deepcopy(base), reference=ref(cfg.ref, how, model_id))
+    return Policy(base, ref_model=copy.deepcopy(base), reference=ref(cfg.ref, how, "model"))
 
 
 def _merged_policy(base, cfg: TrainConfig, reference) -> Policy:
