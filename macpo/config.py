@@ -84,14 +84,10 @@ STAGE_LOSS = {"teacher_sft": "sft", "teacher_neg_sft": "sft", "student_sft": "sf
 METHOD_LOSS = {"spac": "spac", "spin": "spin", "dpo": "dpo"}
 
 
-def _stage(name: str, values: dict | None = None):
+def _default_train() -> dict:
     from macpo.trainer.train_config import TrainConfig
 
-    return TrainConfig(**{"loss": STAGE_LOSS[name], **(values or {})})
-
-
-def _default_train() -> dict:
-    return {name: _stage(name) for name in STAGE_LOSS}
+    return {name: TrainConfig(loss=loss) for name, loss in STAGE_LOSS.items()}
 
 
 @dataclass
