@@ -156,7 +156,31 @@ def _private_temp_dir() -> Path:
     only this connection's spill files."""
     path = Path(tempfile.mkdtemp(prefix="macpo-sql-"))
     atexit.register(shutil.rmtree, path, True)
+    _TEMP_DIRS.append(path)
     return path
+
+
+_TEMP_DIRS: list[Path] = []
+
+
+def _leave_interrupted() -> None:
+    """Exit 130 at once after Ctrl-C, skipping the interpreter's finalisation.
+
+    After ``con.interrupt()`` DuckDB's own threads can still be unwinding the stopped query when
+    the interpreter finalises and the module's destructors run; about one exit in four then
+    aborted ("terminate called ... FATAL: exception not rethrown", SIGABRT) instead of
+    returning 130. A read-only query has nothing to finish or roll back, so after the message,
+    the flushed output and our spill folders, ``os._exit`` is safe.
+    """
+    sys.stderr.write("macpo sql: interrupted\n")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    for path in _TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+    os._exit(130)
 
 
 def _lock_down(con, files: list[str], temp_dir: Path) -> None:
@@ -357,8 +381,8 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
     # DuckDB while the interpreter tears down aborts the process ("terminate called ...").
     worker = threading.Thread(target=work, name="macpo-sql-query")
     deadline = time.monotonic() + timeout if timeout else None
-    worker.start()
     try:
+        worker.start()  # inside the try: a Ctrl-C while it starts must still stop the query
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 raise UserError(f"query stopped after --timeout {timeout:g} s (raise it, or --timeout 0 for none)")
@@ -517,6 +541,8 @@ def main(argv: list[str]) -> int:
                     break
             else:
                 writer.end(False, max_rows)
+    except KeyboardInterrupt:
+        _leave_interrupted()
     except BrokenPipeError:  # `macpo sql ... | head`: the reader has what it wanted
         try:
             sys.stdout = open(os.devnull, "w")

@@ -410,11 +410,13 @@ def test_stale_tmp_folders_are_reported_then_removed_by_the_next_writer(store):
 SLOW = "SELECT count(*) AS n FROM range(100000000000) a WHERE a.range % 7 = 3"
 
 
-def test_ctrl_c_stops_a_running_query_with_exit_130(store):
+def test_ctrl_c_stops_a_running_query_with_exit_130(store, tmp_path):
     import signal
 
+    spill = tmp_path / "tmp"
+    spill.mkdir()
     p = subprocess.Popen([*MACPO, "sql", "--store", str(store.root), f"SELECT 1 AS ready; {SLOW}", "--format", "csv"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(spill)})
     try:
         assert [p.stdout.readline().strip() for _ in range(2)] == ["ready", "1"]  # the slow statement is next
         p.send_signal(signal.SIGINT)
@@ -423,6 +425,7 @@ def test_ctrl_c_stops_a_running_query_with_exit_130(store):
         p.kill()
     assert p.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines() == ["macpo sql: interrupted"]
+    assert list(spill.iterdir()) == []  # the private spill folder went with it
 
 
 def test_timeout_and_max_rows(store):
