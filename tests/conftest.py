@@ -53,3 +53,12 @@ def ci_run(tmp_path_factory):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return out, r.stdout
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite on 2 pytest-xdist workers with ``--dist loadgroup``: one group per
+    test file (its module fixtures are built once), except the files sharing the session's
+    ``ci_run`` (one `macpo run`, ~60 s), which go to the same worker."""
+    for item in items:
+        name = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("ci_run" if name in ("test_readme", "test_run_e2e") else name))

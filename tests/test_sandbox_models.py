@@ -1,6 +1,7 @@
 """Sandbox tokenizer and model cache (tiny pretraining configs: a few steps of a 1-layer model)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_prepare_models_trains_once_then_hits_the_cache(tmp_path, monkeypatch):
     real = M._train_one
     monkeypatch.setattr(M, "_train_one", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
 
-    dirs = M.prepare_models(TINY, progress=False)
+    dirs = M.prepare_models(TINY, progress=False, processes=1)  # in this process: the patch sees the calls
     assert sorted(dirs) == ["student", "teacher-0", "teacher-1"]
     assert sorted(calls) == ["student", "teacher-0", "teacher-1"]
     for name, path in dirs.items():
@@ -123,12 +124,23 @@ def test_prepare_models_trains_once_then_hits_the_cache(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "sandbox").glob("*/.tmp-*"))  # atomic: no leftovers
 
     calls.clear()
-    assert M.prepare_models(TINY, progress=False) == dirs  # a cache hit trains nothing
+    assert M.prepare_models(TINY, progress=False, processes=1) == dirs  # a cache hit trains nothing
     assert calls == []
 
     changed = _tiny(corpus={"docs": {"policy": 0.9}})
-    again = M.prepare_models(changed, names=["teacher-1"], progress=False)
+    again = M.prepare_models(changed, names=["teacher-1"], progress=False, processes=1)
     assert calls == ["teacher-1"] and again["teacher-1"] != dirs["teacher-1"]
+
+
+def test_models_pretrained_side_by_side_equal_those_pretrained_one_by_one(tmp_path, monkeypatch):
+    from macpo.hashing import file_sha256
+
+    weights = {}
+    for processes in (1, 2):
+        monkeypatch.setenv("MACPO_CACHE", str(tmp_path / f"cache-{processes}"))
+        dirs = M.prepare_models(TINY, progress=False, processes=processes)
+        weights[processes] = {n: file_sha256(Path(d) / "model.safetensors") for n, d in dirs.items()}
+    assert weights[1] == weights[2]
 
 
 def test_failed_pretraining_leaves_nothing(tmp_path, monkeypatch):

@@ -307,40 +307,76 @@ def _train_one(world_cfg: dict, name: str, final: Path, bar) -> dict:
     return stats
 
 
-def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] | None = None,
-                   progress: bool = True) -> dict[str, str]:
-    """Pretrained base models (before any SFT) for the sandbox agents, trained once and cached.
+# Total pretraining work (steps x width^2 x layers) from which worker processes pay off: the demo
+# world's is ~120M (the student ~100M, minutes); a test world's is under 1M (seconds).
+_PARALLEL_WORK = 10_000_000
 
-    Returns ``{name: local model folder}`` for ``names`` (default: every model of
-    ``world.models``, i.e. ``teacher-0`` .. ``teacher-{K-1}`` and ``student``).
-    """
+
+def _pretrain_cached(cfg: dict, name: str, final: Path, progress: bool, position: int | None = None) -> None:
+    """Pretrain ``name`` into ``final`` unless another process already did (file lock)."""
     import fcntl
 
     import torch
     from tqdm.auto import tqdm
 
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training it
+        if (final / "sandbox.json").is_file():
+            return
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(threads(cfg["pretrain"]))
+        try:
+            with tqdm(total=int(cfg["models"][name]["steps"]), desc=f"pretraining {name}", unit="step",
+                      disable=not progress, position=position) as bar:
+                _train_one(cfg, name, final, bar)
+        finally:
+            torch.set_num_threads(old_threads)
+
+
+def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] | None = None,
+                   progress: bool = True, processes: int | None = None) -> dict[str, str]:
+    """Pretrained base models (before any SFT) for the sandbox agents, trained once and cached.
+
+    Returns ``{name: local model folder}`` for ``names`` (default: every model of
+    ``world.models``, i.e. ``teacher-0`` .. ``teacher-{K-1}`` and ``student``).
+
+    Missing models train side by side in ``processes`` worker processes (default: one per core,
+    at most one per model), the largest first, so the student's pretraining runs while the
+    teachers' do (small test worlds train in this process: a worker takes seconds to start). The
+    workers are spawned: a script that calls this needs the ``if __name__ == "__main__":`` guard.
+    Each model trains alone in its process with the config's pinned thread count and its own
+    seeds, so its weights do not depend on how many processes ran or in what order.
+    """
     cfg = resolve(world_cfg)
-    models, pre = cfg["models"], cfg["pretrain"]
+    models = cfg["models"]
     names = list(models) if names is None else list(names)
     unknown = [n for n in names if n not in models]
     if unknown:
         raise UserError(f"world.models has no model(s) {', '.join(unknown)} (models: {', '.join(models)})")
     dirs = {n: model_dir(cfg, n) for n in names}
     todo = [n for n in names if not (dirs[n] / "sandbox.json").is_file()]
-    old_threads = torch.get_num_threads()
-    try:
-        for i, n in enumerate(todo):
-            dirs[n].parent.mkdir(parents=True, exist_ok=True)
-            with open(dirs[n].parent / f".{n}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be training it
-                if (dirs[n] / "sandbox.json").is_file():
-                    continue
-                torch.set_num_threads(threads(pre))
-                desc = f"pretraining {n} ({i + 1}/{len(todo)})"
-                with tqdm(total=int(models[n]["steps"]), desc=desc, unit="step", disable=not progress) as bar:
-                    _train_one(cfg, n, dirs[n], bar)
-    finally:
-        torch.set_num_threads(old_threads)
+
+    def work(n: str) -> int:  # steps x width^2 x layers: proportional to pretraining time
+        return int(models[n]["steps"]) * int(models[n]["hidden"]) ** 2 * int(models[n]["layers"])
+
+    todo.sort(key=work, reverse=True)  # largest first: with 2 processes the student gets one to itself
+    if processes is None:
+        # A worker costs seconds to start (it imports torch); test worlds pretrain in less.
+        processes = (os.cpu_count() or 1) if sum(map(work, todo)) >= _PARALLEL_WORK else 1
+    processes = min(len(todo), processes)
+    if processes <= 1:
+        for n in todo:
+            _pretrain_cached(cfg, n, dirs[n], progress)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker (no forked torch thread pools or locks).
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_pretrain_cached, cfg, n, dirs[n], progress, i) for i, n in enumerate(todo)]
+            for f in futures:
+                f.result()  # a failed model raises here, after the others stopped or finished
     return {n: str(d) for n, d in dirs.items()}
 
 
