@@ -219,11 +219,11 @@ def test_measure_reports_times_rewards_and_pgr(tmp_path, monkeypatch):
     assert set(out["pretrain"]) == {"teacher-0", "student"}
     assert all(info["seconds"] >= 0 and info["steps"] > 0 for info in out["pretrain"].values())
     expected = {"teacher-0 pretrained", "student pretrained", "teacher-0 SFT on D_w", "weak labels (on Q)",
-                "student naive W2S, early (8 steps)", "student ceiling (gold), early (8 steps)",
+                "student naive W2S, early (32 steps)", "student ceiling (gold), early (32 steps)",
                 "student naive W2S, config", "student ceiling (gold), config"}
     assert set(out["results"]) == expected
     assert all(0.0 <= r["combined"] <= 1.0 for r in out["results"].values())
-    assert set(out["pgr"]) == {"early (8 steps)", "config"}
+    assert set(out["pgr"]) == {"early (32 steps)", "config"}
 
 
 def test_demo_config_world_is_the_default_world():

@@ -15,6 +15,7 @@ import time
 from typing import Any, Mapping
 
 from macpo.eval.sandbox.models import load_model, load_tokenizer
+from macpo.study import EARLY_STOP_STEPS
 
 
 def sft(model_path: str, examples: list[tuple[str, str]], out_dir: str, *, lr: float, batch_size: int,
@@ -109,7 +110,7 @@ def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any]
         gold = [W.gold_response(p.meta) for p in world.q]
         s = stages["student_sft"]
         lora = dict(lora_r=s.lora_r, lora_alpha=s.lora_alpha, lora_targets=tuple(s.lora_targets))
-        budgets = {"early (8 steps)": dict(epochs=1.0, max_steps=8, lr=s.lr, **lora),
+        budgets = {f"early ({EARLY_STOP_STEPS} steps)": dict(epochs=s.epochs, max_steps=EARLY_STOP_STEPS, lr=s.lr, **lora),
                    "config": dict(epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, **lora)}
         for budget, kw in budgets.items():
             for label, targets in (("naive W2S", weak), ("ceiling (gold)", gold)):
