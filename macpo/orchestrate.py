@@ -322,9 +322,11 @@ def summarize(cfg: RunConfig) -> str:
         for r in sorted((r for r in rows if r.get("round") in (0, final)), key=lambda r: (r.get("round"), r.get("agent"))):
             cells = "".join(f"{r[c]:>13.3f}" if isinstance(r.get(c), (int, float)) else f"{'-':>13}" for c in cols)
             lines.append(f"  {r.get('round'):>5}  {str(r.get('agent')):<20}{cells}")
-    for key, label in (("student_round0", "student gold reward, round 0 (naive weak-to-strong)"),
-                       ("student_final", f"student gold reward, after round {cfg.T}"),
-                       ("best_teacher", "best teacher gold reward")):
+    # The sandbox scores with its gold reward (a `combined` axis); real runs with reward models.
+    what = "gold reward" if any(r.get("combined") is not None for r in rows) else "reward (mean of the reward-model axes)"
+    for key, label in (("student_round0", f"student {what}, round 0 (naive weak-to-strong)"),
+                       ("student_final", f"student {what}, after round {cfg.T}"),
+                       ("best_teacher", f"best teacher {what}")):
         if key in m and m[key] is not None:
             lines.append(f"  {label}: {m[key]:.3f}")
     return "\n".join(lines)

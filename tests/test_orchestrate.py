@@ -135,3 +135,16 @@ def _non_default(name, value):
     if isinstance(value, float):
         return round(value + 0.125, 6) if value < 0.5 else value / 2
     raise AssertionError(f"no non-default value for {name}")
+
+
+def test_summary_names_the_reward_it_reports(tmp_path):
+    from macpo.orchestrate import summarize
+
+    cfg = config_mod.from_dict({"name": "s", "out": str(tmp_path), "K": 1, "T": 1, "teachers": ["t"], "student": "s"})
+    rows = [{"round": 0, "agent": "student", "reward": -0.1, "harmless": -0.1}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"rows": rows, "student_round0": -0.1, "best_teacher": -0.2}))
+    text = summarize(cfg)
+    assert "student reward (mean of the reward-model axes), round 0" in text and "gold" not in text
+    rows[0]["combined"] = 0.5
+    (tmp_path / "metrics.json").write_text(json.dumps({"rows": rows, "student_round0": 0.5}))
+    assert "student gold reward, round 0 (naive weak-to-strong): 0.500" in summarize(cfg)
