@@ -114,9 +114,13 @@ def method_from(manifest: Mapping) -> str:
     for source in (config if isinstance(config, Mapping) else {}, manifest):
         if source.get("method"):
             return str(source["method"])
-    for key in ("format", "source"):  # imports record where the data came from
-        if manifest.get(key):
-            return f"import ({manifest[key]})"
+    # Imports record where the data came from in `source` (the manifest's own `format` is the
+    # store's layout version, not the data's).
+    source = manifest.get("source")
+    if isinstance(source, Mapping) and source.get("format"):
+        return f"import ({source['format']})"
+    if source:
+        return "import"
     return "unspecified"
 
 

@@ -199,9 +199,9 @@ def test_card_for_an_import_and_without_audit_module(tmp_path, monkeypatch):
     assert audits == [] and "not available" in note
     manifest = store.manifest("hh", "v1")
     text = str(render_dataset_card(manifest=manifest, repo_id="o/hh", audit_note=note))
-    # (cards.method_from reads the manifest's top-level "format" first, which is the store's
-    # format string, so the card says "import (macpo.store/2)"; reported, data_cards is not ours.)
-    assert "No model agents recorded" in text and "None recorded" in text and "import (" in text
+    # The data's format, from the import's `source`; not the store's own layout version.
+    assert "No model agents recorded" in text and "None recorded" in text and "import (hh-rlhf)" in text
+    assert "import (macpo.store" not in text
     assert "not available" in text and 'load_dataset("o/hh", "v1-default", revision="v1", split="train")' in text
     # The manifest's `models` may be a plain id, a mapping with a revision, or a list.
     assert agents_from({"models": {"student": "m/s", "teacher-0": {"model_id": "m/t", "sha": "abc"}}}) == [
