@@ -509,6 +509,24 @@ def test_trainer_trains_from_a_pushed_round(hub, env, store_dir, tiny_model_dir,
     manifest = Store(store_dir).manifest("run", "round-1")
     assert recorded["content_hash"] == manifest["content_hash"]
     assert recorded["rows"] == manifest["subsets"]["student"]["rows"]
+
+    # Someone commits other rows over the round's shard: the manifest no longer vouches for them.
+    from macpo.schema import conform
+
+    planted = pa.BufferOutputStream()
+    pq.write_table(conform(pairs_table([("q", "replaced-after-push", "x")] * 5, "student", 1), "pairs", "t"), planted)
+    hub.commit_files(repo, {f"round-1/{SHARD}": planted.getvalue().to_pybytes()})
+    tampered = list(args)
+    tampered[tampered.index("--data") + 1] = f"{repo}@main"
+    tampered[tampered.index("--out") + 1] = str(tmp_path / "not-from-planted-rows")
+    bad = subprocess.run([*tampered, "--version", "round-1"], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=REPO_ROOT)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    lines = bad.stderr.strip().splitlines()  # datasets' own "Generating train split" bar, then the one error line
+    assert all(line.startswith("Generating train split") for line in lines[:-1]), bad.stderr
+    assert "does not match its manifest" in lines[-1] and "refusing to train" in lines[-1], lines[-1]
+    assert not (tmp_path / "not-from-planted-rows").exists()
+
     args[args.index("--data") + 1] = "macpo-org/nope@round-1"
     args[args.index("--out") + 1] = str(tmp_path / "never-written")
     missing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -121,11 +121,32 @@ def _load_hub(source: str, subset: str, version: str | None):
         "content_hash": manifest.get("content_hash") if manifest else None,
         "rows": table.num_rows,
     }
+    table = pa.table(table)
     if manifest:
         entry = (manifest.get("subsets") or {}).get(subset) or (manifest.get("subsets") or {}).get(config) or {}
         provenance["subset_hash"] = entry.get("content_hash")
         provenance["dataset"] = manifest.get("dataset")
-    return pa.table(table), provenance
+        _check_against_manifest(source, subset, table, entry)
+    return table, provenance
+
+
+def _check_against_manifest(source: str, subset: str, table: pa.Table, entry: Mapping) -> None:
+    """Train only on the rows the published manifest vouches for: the Hub serves whatever was
+    committed after it (a replaced shard, a hand edit), and `load_dataset` checks nothing."""
+    from macpo.hashing import table_hash
+    from macpo.schema import conform
+
+    expected, kind = entry.get("content_hash"), entry.get("kind")
+    if not expected or not kind:
+        return  # a dataset published without a macpo manifest entry: nothing to check against
+    try:
+        got = table_hash(conform(table, kind, f"{source} {subset}"))
+    except (UserError, ValueError, TypeError, pa.ArrowException) as exc:
+        raise UserError(f"--data {source}: subset {subset!r} does not have the {kind} schema its manifest names "
+                        f"({str(exc).splitlines()[0]}); refusing to train on it") from None
+    if got != expected:
+        raise UserError(f"--data {source}: subset {subset!r} does not match its manifest (content hash {got[:19]}… "
+                        f"vs {expected[:19]}…): its files changed after publishing; refusing to train on it")
 
 
 # ---- shaping for TRL -----------------------------------------------------------------
