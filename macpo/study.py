@@ -434,7 +434,7 @@ def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: li
     gates = _gates(read)
     pngs = plot_study(out, summary, rows, variants)
     lines = [f"# Study: {len(variants)} variants x {len(seeds)} seed(s)", ""]
-    failed = sorted({g["name"] for gs in gates.values() for g in gs if not g.get("pass")})
+    failed = failed_gates(gates)
     if failed:
         lines += [f"> **PREMISE GATES FAILED in some run: {', '.join(failed)}.** The comparison below does not test "
                   "weak-to-strong alignment where a premise fails; see each run's report.md.", ""]
@@ -477,6 +477,17 @@ def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: li
         {**{k: v for k, v in s.items() if not hasattr(v, "fmt")}, **{k: v.__dict__ for k, v in s.items() if hasattr(v, "fmt")}}
         for s in summary]}, indent=1, default=str))
     return path
+
+
+def failed_gates(gates: dict[str, list[dict]]) -> list[str]:
+    """Names of the premise gates that fail across a study's runs (``{run: gates.json rows}``).
+
+    A gate a run could not measure (a T=0 baseline has no round-1 candidates for the filter
+    gate) fails only if no run measured it; a measured failure always counts."""
+    every = [g for gs in gates.values() for g in gs]
+    measured = {g["name"] for g in every if g.get("value") is not None}
+    return sorted({g["name"] for g in every
+                   if not g.get("pass") and (g.get("value") is not None or g["name"] not in measured)})
 
 
 def _gates(read: list[RunResult]) -> dict[str, list[dict]]:

@@ -179,3 +179,14 @@ def test_a_study_needs_the_sandbox_gold_reward(tmp_path):
     cfg.write_text("K: 1\nteachers: [t]\nstudent: s\n")
     r = subprocess.run([*MACPO, "study", str(cfg), "--out", str(tmp_path / "s")], capture_output=True, text=True)
     assert r.returncode == 2 and "gold reward" in r.stderr and not (tmp_path / "s").exists()
+
+
+def test_a_gate_one_run_cannot_measure_fails_only_if_no_run_measured_it():
+    from macpo.study import failed_gates
+
+    na = {"name": "filter-beats-random", "value": None, "pass": False}
+    ok = {"name": "filter-beats-random", "value": 0.88, "pass": True}
+    bad = {"name": "naive-minus-best-teacher", "value": -0.06, "pass": False}
+    assert failed_gates({"naive-w2s/seed-0": [na, bad], "macpo/seed-0": [ok, bad]}) == ["naive-minus-best-teacher"]
+    assert failed_gates({"naive-w2s/seed-0": [na]}) == ["filter-beats-random"]  # never measured: not shown to pass
+    assert failed_gates({"a": [ok], "b": [{**ok, "value": 0.5, "pass": False}]}) == ["filter-beats-random"]
