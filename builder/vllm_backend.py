@@ -56,7 +56,7 @@ def cpu_threads_bind(environ: Mapping[str, str] | None = None, cpus: Sequence[in
     ``threads``) keeps two torch threads on it, spin-waiting on each other after every op.
     Measured here (16 real-lm Q prompts of 191 tokens on average, 48 greedy new tokens): the base
     model 17.5 s with ``0-1`` vs 91 s with ``auto``, and with a LoRA adapter 30 s vs not done
-    after 340 s (LoRA on CPU adds many small torch ops per layer, each a parallel region). That was
+    after 360 s (LoRA on CPU adds many small torch ops per layer, each a parallel region). That was
     the real-LM run's stall. ``None``: keep the user's value (``nobind`` and lists included).
     """
     import os

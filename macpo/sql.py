@@ -155,12 +155,17 @@ def _private_temp_dir() -> Path:
     which would let a query read and write there. A fresh 0700 folder, removed at exit, holds
     only this connection's spill files."""
     path = Path(tempfile.mkdtemp(prefix="macpo-sql-"))
-    atexit.register(shutil.rmtree, path, True)
     _TEMP_DIRS.append(path)
     return path
 
 
 _TEMP_DIRS: list[Path] = []
+
+
+@atexit.register
+def _remove_temp_dirs() -> None:
+    for path in _TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _leave_interrupted() -> None:
@@ -178,8 +183,7 @@ def _leave_interrupted() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    for path in _TEMP_DIRS:
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_temp_dirs()  # os._exit skips atexit
     os._exit(130)
 
 
