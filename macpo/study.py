@@ -27,11 +27,15 @@ combined, pgr) and PNG plots.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +116,14 @@ class StepCache:
     def has(self, key: str) -> bool:
         return (self.entry(key) / "complete.json").is_file()
 
+    @contextmanager
+    def claim(self, key: str):
+        """Hold the key while producing it: a parallel run that needs the same step waits here, then
+        finds it filed, instead of computing it twice (flock: released if the holder dies)."""
+        with open(self.entry(key).with_name(self.entry(key).name + ".lock"), "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
     def restore(self, key: str, run_out: Path, outputs: list[Path]) -> None:
         entry = self.entry(key)
         for out in outputs:
@@ -175,6 +187,9 @@ def config_view(cfg_dict: dict, step_name: str, argv: list[str]) -> dict | None:
     if _is_round0(step_name):
         view = {k: v for k, v in view.items() if k not in ROUND_ONLY}
         view["train"] = {k: v for k, v in view.get("train", {}).items() if k not in ROUND_ONLY_TRAIN}
+        # Round 0 reads `negative` only to draw a second sample per prompt under "self".
+        if view.get("negative") != "self":
+            view.pop("negative", None)
     return view
 
 
@@ -193,8 +208,17 @@ class Tally:
     naive: int = 0
     seconds_ran: float = 0.0
 
+    def add(self, **counts) -> None:
+        with _TALLY_LOCK:  # runs execute on several threads (--jobs)
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
 
-def execute_shared(cfg, config_path: Path, cache: StepCache, tally: Tally, *, label: str, verbose: bool = False) -> None:
+
+_TALLY_LOCK = threading.Lock()
+
+
+def execute_shared(cfg, config_path: Path, cache: StepCache, tally: Tally, *, label: str, verbose: bool = False,
+                   stop: threading.Event | None = None) -> None:
     """``orchestrate.execute`` with the shared step cache (same steps, same run-state.json)."""
     from macpo import orchestrate
     from macpo.layout import RunLayout
@@ -208,38 +232,46 @@ def execute_shared(cfg, config_path: Path, cache: StepCache, tally: Tally, *, la
     cfg_dict = cfg.to_dict()
     done: dict[str, float] = {}
     hashes: dict[str, str] = {}
-    tally.naive += len(steps)
+    tally.add(naive=len(steps))
     # Up to date = recorded done with the same key, and no earlier step redone (as `macpo run` resumes).
     recorded = {s.name for s in steps if state.key_of(s.name) == keys[s.name]}
     fresh = True
     for step in steps:
+        if stop is not None and stop.is_set():
+            raise SystemExit(1)  # another run of the study failed: leave this one resumable
         outputs = [Path(o).resolve() for o in step.outputs]
         key = study_key(step, run_out, cfg_dict, [hashes[d] for d in step.deps])
         fresh = fresh and step.name in recorded and step.done()
         if fresh:
             status = "up to date"
-            tally.up_to_date += 1
-        elif outputs and cache.has(key):
-            for path in step.clears:
-                shutil.rmtree(path, ignore_errors=True)
-            cache.restore(key, run_out, outputs)
-            status = "shared"
-            tally.shared += 1
+            tally.add(up_to_date=1)
+        elif outputs:
+            with cache.claim(key):
+                status = _restore_or_run(step, key, cache, layout, run_out, outputs, tally, verbose, cfg.threads)
         else:
-            for path in step.clears:
-                shutil.rmtree(path, ignore_errors=True)
-            t0 = time.time()
-            orchestrate._run_subprocess(step, layout.log_path(orchestrate._slug(step.name)), verbose, cfg.threads)
-            seconds = time.time() - t0
-            tally.ran += 1
-            tally.seconds_ran += seconds
-            status = f"ran in {seconds:.1f}s"
-            if outputs and all(o.exists() for o in outputs):
-                cache.save(key, run_out, outputs, {"step": step.name, "producer": str(run_out), "seconds": round(seconds, 2)})
+            status = _restore_or_run(step, key, None, layout, run_out, outputs, tally, verbose, cfg.threads)
         hashes[step.name] = output_hash(outputs) if outputs and all(o.exists() for o in outputs) else key
         done[step.name] = 0.0
         state.record(steps, keys, done)
         print(f"  [{label}] {step.name}: {status}", flush=True)
+
+
+def _restore_or_run(step, key, cache, layout, run_out, outputs, tally, verbose, threads) -> str:
+    from macpo import orchestrate
+
+    for path in step.clears:
+        shutil.rmtree(path, ignore_errors=True)
+    if cache is not None and cache.has(key):
+        cache.restore(key, run_out, outputs)
+        tally.add(shared=1)
+        return "shared"
+    t0 = time.time()
+    orchestrate._run_subprocess(step, layout.log_path(orchestrate._slug(step.name)), verbose, threads)
+    seconds = time.time() - t0
+    tally.add(ran=1, seconds_ran=seconds)
+    if cache is not None and all(o.exists() for o in outputs):
+        cache.save(key, run_out, outputs, {"step": step.name, "producer": str(run_out), "seconds": round(seconds, 2)})
+    return f"ran in {seconds:.1f}s"
 
 
 # ---- reading the runs --------------------------------------------------------------------------------
@@ -306,23 +338,41 @@ def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds
 
 
 def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds: list[int], out: Path, *,
-              n_boot: int = 1000, verbose: bool = False) -> Path:
+              n_boot: int = 1000, verbose: bool = False, jobs: int = 1) -> Path:
     from macpo import orchestrate
 
     runs = plan_runs(config, overrides, variants, seeds, out)  # validates every run before writing anything
     out.mkdir(parents=True, exist_ok=True)
     cache = StepCache(out / "step-cache")
     tally = Tally()
+    stop = threading.Event()
     t0 = time.time()
-    results = []
-    for i, (v, seed, data) in enumerate(runs, 1):
+
+    def one(i: int, v: str, seed: int, data: dict):
         print(f"[{i}/{len(runs)}] {v} seed {seed}", flush=True)
         cfg, resolved = orchestrate.prepare_run(None, {}, base=data)
-        execute_shared(cfg, resolved, cache, tally, label=f"{v} s{seed}", verbose=verbose)
-        results.append((v, seed, cfg))
+        try:
+            execute_shared(cfg, resolved, cache, tally, label=f"{v} s{seed}", verbose=verbose, stop=stop)
+        except BaseException:
+            stop.set()
+            raise
+        return v, seed, cfg
+
+    # Each step runs on `threads` torch threads (1 for the sandbox): with --jobs 2 two runs' steps use
+    # both cores. A step two runs need waits on the first producer (StepCache.claim), never runs twice.
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(one, i, v, seed, data) for i, (v, seed, data) in enumerate(runs, 1)]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
     wall = time.time() - t0
     read = [read_run(v, seed, cfg) for v, seed, cfg in results]
-    return write_study(out, read, variants, seeds, tally, wall, n_boot=n_boot, data_cfg=results[0][2])
+    return write_study(out, read, variants, seeds, tally, wall, n_boot=n_boot, data_cfg=results[0][2],
+                       setup={"config": config, "overrides": overrides, "jobs": jobs})
 
 
 def _gold_inputs(cfg):
@@ -422,7 +472,7 @@ def _fmt(x) -> str:
 
 
 def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: list[int], tally: Tally, wall: float,
-                *, n_boot: int, data_cfg) -> Path:
+                *, n_boot: int, data_cfg, setup: dict | None = None) -> Path:
     gold = _gold_inputs(data_cfg)
     baseline = {r.seed: r for r in read if r.variant == BASELINE}
     rows = study_rows(read, baseline)
@@ -442,6 +492,9 @@ def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: li
         lines += [f"Premise gates: all pass in the {len(gates)} run(s) that computed them.", ""]
     else:
         lines += ["Premise gates: no run wrote gates.json.", ""]
+    if setup:
+        sets = " ".join(f"`{k}={v}`" for k, v in setup["overrides"].items()) or "none"
+        lines += [f"- base config: `{setup['config']}`; overrides: {sets}; {setup['jobs']} run(s) at a time"]
     lines += [
         f"- seeds: {', '.join(map(str, seeds))}; test prompts: {len(gold[1])}; wall time {wall / 60:.1f} min",
         f"- steps: **{tally.ran} ran**, {tally.shared} restored from the shared step cache, {tally.up_to_date} already "
@@ -558,8 +611,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="study folder (runs/, step-cache/, study.md, study.csv, PNGs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the base config")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the intervals (default 1000)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs executed at a time (default 1; each step uses the config's `threads`, so on the "
+                        "sandbox --jobs 2 keeps 2 cores busy)")
     p.add_argument("--verbose", action="store_true", help="stream every stage's output")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
     if args.bootstrap < 1:
@@ -570,7 +628,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     variants = list(dict.fromkeys([BASELINE, *chosen]))
     path = run_study(args.config, parse_kv(args.set), variants, list(range(args.seeds)), Path(args.out),
-                     n_boot=args.bootstrap, verbose=args.verbose)
+                     n_boot=args.bootstrap, verbose=args.verbose, jobs=args.jobs)
     print(f"study: {path}")
     print(Path(path).read_text().split("\n\n## ")[0])
     return 0

@@ -41,6 +41,38 @@ def test_round0_keys_ignore_round_only_fields_and_the_run_folder(tmp_path):
     assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, CFG, ["other"])
 
 
+def test_round0_keys_read_negative_only_when_it_draws_a_second_sample(tmp_path):
+    a = tmp_path / "a"
+    build0 = _step("build round-0", ["py", "build", "--config", f"{a}/run.yaml", "--round", "0"])
+    key = lambda neg: study.study_key(build0, a, {**CFG, "negative": neg}, ["h"])  # noqa: E731
+    assert key("hard") == key("none") != key("self")
+
+
+def test_a_claimed_key_makes_the_second_claimant_wait(tmp_path):
+    import threading
+    import time
+
+    cache = study.StepCache(tmp_path / "cache")
+    order = []
+    held = threading.Event()
+
+    def first():
+        with cache.claim("sha256:k"):
+            held.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait()
+    with cache.claim("sha256:k"):
+        order.append("second in")
+    t.join()
+    assert order == ["first done", "second in"]
+    with cache.claim("sha256:other"):  # another key is not held up
+        pass
+
+
 def test_a_trainer_step_is_keyed_by_its_jobs_alone(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train = lambda run, lr: _step("train student round-1", ["py", "-m", "macpo.trainbatch", json.dumps([{"out": f"{run}/m", "lr": lr}])])  # noqa: E731
@@ -149,7 +181,9 @@ def test_tiny_study_end_to_end_shares_steps(tmp_path):
     if not CI_CONFIG.is_file():
         pytest.skip("eval/configs/ci.yaml is missing")
     out = tmp_path / "study"
-    cmd = [*MACPO, "study", str(CI_CONFIG), "--seeds", "1", "--variants", "macpo", "no-mp", "--out", str(out), "--bootstrap", "100"]
+    # --jobs 2: the runs go side by side, and a step both need still runs once (StepCache.claim)
+    cmd = [*MACPO, "study", str(CI_CONFIG), "--seeds", "1", "--variants", "macpo", "no-mp", "--out", str(out), "--bootstrap", "100",
+           "--jobs", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     text = (out / "study.md").read_text()
