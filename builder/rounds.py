@@ -252,7 +252,8 @@ class RoundBuilder:
 
         name = self.layout.rounds_dataset
         subsets = {}
-        for version in ("round-0-teachers", "round-0-labels"):
+        # spac / spin / dpo runs have no round-0-labels (no weak labels, no negative agents).
+        for version in [v for v in ("round-0-teachers", "round-0-labels") if self.store.has(name, v)]:
             for s in self.store.subsets(name, version):
                 subsets[s] = Subset("sft", self.store.read(name, version, s))
         if self.cfg.method == "macpo":

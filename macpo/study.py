@@ -217,6 +217,16 @@ class Tally:
 _TALLY_LOCK = threading.Lock()
 
 
+class _Stopped(Exception):
+    """A run left between two steps because another run of the study failed."""
+
+
+def _say(line: str) -> None:
+    # One write per line: print() writes the text and its newline separately, which two runs' threads interleave.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def execute_shared(cfg, config_path: Path, cache: StepCache, tally: Tally, *, label: str, verbose: bool = False,
                    stop: threading.Event | None = None) -> None:
     """``orchestrate.execute`` with the shared step cache (same steps, same run-state.json)."""
@@ -238,7 +248,7 @@ def execute_shared(cfg, config_path: Path, cache: StepCache, tally: Tally, *, la
     fresh = True
     for step in steps:
         if stop is not None and stop.is_set():
-            raise SystemExit(1)  # another run of the study failed: leave this one resumable
+            raise _Stopped()  # another run of the study failed: leave this one resumable
         outputs = [Path(o).resolve() for o in step.outputs]
         key = study_key(step, run_out, cfg_dict, [hashes[d] for d in step.deps])
         fresh = fresh and step.name in recorded and step.done()
@@ -253,7 +263,7 @@ def execute_shared(cfg, config_path: Path, cache: StepCache, tally: Tally, *, la
         hashes[step.name] = output_hash(outputs) if outputs and all(o.exists() for o in outputs) else key
         done[step.name] = 0.0
         state.record(steps, keys, done)
-        print(f"  [{label}] {step.name}: {status}", flush=True)
+        _say(f"  [{label}] {step.name}: {status}")
 
 
 def _restore_or_run(step, key, cache, layout, run_out, outputs, tally, verbose, threads) -> str:
@@ -346,14 +356,19 @@ def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds
     cache = StepCache(out / "step-cache")
     tally = Tally()
     stop = threading.Event()
+    failures: list[BaseException] = []  # the first is the cause; later ones are runs stopped because of it
     t0 = time.time()
 
     def one(i: int, v: str, seed: int, data: dict):
-        print(f"[{i}/{len(runs)}] {v} seed {seed}", flush=True)
+        _say(f"[{i}/{len(runs)}] {v} seed {seed}")
         cfg, resolved = orchestrate.prepare_run(None, {}, base=data)
         try:
             execute_shared(cfg, resolved, cache, tally, label=f"{v} s{seed}", verbose=verbose, stop=stop)
-        except BaseException:
+        except _Stopped:
+            raise
+        except BaseException as e:
+            with _TALLY_LOCK:
+                failures.append(e)
             stop.set()
             raise
         return v, seed, cfg
@@ -364,11 +379,12 @@ def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds
         futures = [pool.submit(one, i, v, seed, data) for i, (v, seed, data) in enumerate(runs, 1)]
         try:
             results = [f.result() for f in futures]
-        except BaseException:
+        except BaseException as e:
             stop.set()
             for f in futures:
                 f.cancel()
-            raise
+            pool.shutdown(wait=True)
+            raise (failures[0] if failures else e) from None
     wall = time.time() - t0
     read = [read_run(v, seed, cfg) for v, seed, cfg in results]
     return write_study(out, read, variants, seeds, tally, wall, n_boot=n_boot, data_cfg=results[0][2],

@@ -148,3 +148,5 @@ def test_summary_names_the_reward_it_reports(tmp_path):
     rows[0]["combined"] = 0.5
     (tmp_path / "metrics.json").write_text(json.dumps({"rows": rows, "student_round0": 0.5}))
     assert "student gold reward, round 0 (naive weak-to-strong): 0.500" in summarize(cfg)
+    spac = config_mod.from_dict({"name": "s", "out": str(tmp_path), "method": "spac", "T": 1, "student": "s"})
+    assert "round 0 (SFT on the offline pairs' chosen side): 0.500" in summarize(spac)

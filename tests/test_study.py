@@ -73,6 +73,21 @@ def test_a_claimed_key_makes_the_second_claimant_wait(tmp_path):
         pass
 
 
+def test_a_failing_run_stops_the_others_and_its_own_error_is_the_one_reported(tmp_path, monkeypatch):
+    from macpo.errors import UserError
+
+    def fake_execute(cfg, resolved, cache, tally, *, label, verbose, stop):
+        if label.startswith("macpo "):
+            raise UserError("step 'build round-1' failed: boom")
+        stop.wait(10)  # the other runs are mid-step when it fails; they leave at their next step
+        raise study._Stopped()
+
+    monkeypatch.setattr(study, "execute_shared", fake_execute)
+    with pytest.raises(UserError, match="boom"):
+        study.run_study(str(CI_CONFIG), {}, ["naive-w2s", "macpo", "no-mp"], [0], tmp_path / "s", jobs=2)
+    assert not (tmp_path / "s" / "study.md").exists()
+
+
 def test_a_trainer_step_is_keyed_by_its_jobs_alone(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train = lambda run, lr: _step("train student round-1", ["py", "-m", "macpo.trainbatch", json.dumps([{"out": f"{run}/m", "lr": lr}])])  # noqa: E731
@@ -182,26 +197,27 @@ def test_tiny_study_end_to_end_shares_steps(tmp_path):
         pytest.skip("eval/configs/ci.yaml is missing")
     out = tmp_path / "study"
     # --jobs 2: the runs go side by side, and a step both need still runs once (StepCache.claim)
-    cmd = [*MACPO, "study", str(CI_CONFIG), "--seeds", "1", "--variants", "macpo", "no-mp", "--out", str(out), "--bootstrap", "100",
+    cmd = [*MACPO, "study", str(CI_CONFIG), "--seeds", "1", "--variants", "macpo", "spac", "--out", str(out), "--bootstrap", "100",
            "--jobs", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     text = (out / "study.md").read_text()
-    for v in ("naive-w2s", "macpo", "no-mp"):
+    for v in ("naive-w2s", "macpo", "spac"):
         assert f"| {v} |" in text
     rows = list(csv.DictReader(open(out / "study.csv")))
     cells = {(r["variant"], r["seed"], r["round"], r["agent"]) for r in rows}
-    assert ("naive-w2s", "0", "0", "student") in cells and ("macpo", "0", "1", "teacher-1") in cells and ("no-mp", "0", "1", "student") in cells
+    assert ("naive-w2s", "0", "0", "student") in cells and ("macpo", "0", "1", "teacher-1") in cells and ("spac", "0", "1", "student") in cells
     assert all(r["combined"] != "" for r in rows)
     steps = json.loads((out / "study.json").read_text())["steps"]
-    # the baseline's round 0 runs once; macpo and no-mp restore it and run only their round 1
+    # the baseline's round 0 runs once; macpo restores it and runs only its round 1 (spac, a self-play
+    # method over the offline pairs, has a round 0 of its own)
     assert steps["naive"] == steps["ran"] + steps["shared"] + steps["up_to_date"]
-    assert steps["shared"] >= 2 * 7 and steps["ran"] < steps["naive"]
+    assert steps["shared"] >= 7 and steps["ran"] < steps["naive"]
     for png in ("study_combined.png", "study_rounds.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # the shared round 0 is the same data in every run
     hashes = {json.loads((out / "runs" / v / "seed-0/store/macpo-ci/round-0/manifest.json").read_text())["content_hash"]
-              for v in ("naive-w2s", "macpo", "no-mp")}
+              for v in ("naive-w2s", "macpo")}
     assert len(hashes) == 1
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
