@@ -7,7 +7,7 @@ folders), keyed by
 
 - the step's command with the run's own folder replaced by a placeholder (a trainer job's
   command is its whole TrainConfig, so it says everything the trainer reads);
-- for steps that read the run config (``--config``), the config without ``out`` and, for
+- for steps that read the run config (``--config``), the config without ``out`` and ``T`` and, for
   round-0 steps, without the fields only rounds >= 1 read (``ROUND_ONLY``);
 - the *content* hashes of its dependencies' outputs (store content hashes, model file hashes),
   not their keys: two variants whose round-0 builds differ in config but not in output share
@@ -183,7 +183,9 @@ def config_view(cfg_dict: dict, step_name: str, argv: list[str]) -> dict | None:
     """What of the run config a step's key covers (None: the step does not read the config)."""
     if "--config" not in argv:
         return None
-    view = {k: v for k, v in cfg_dict.items() if k != "out"}
+    # T only sets how many rounds the plan has (a step checks its --round against it, nothing more),
+    # so a T=1 study's rounds are shared with a T=3 study's first round.
+    view = {k: v for k, v in cfg_dict.items() if k not in ("out", "T")}
     if _is_round0(step_name):
         view = {k: v for k, v in view.items() if k not in ROUND_ONLY}
         view["train"] = {k: v for k, v in view.get("train", {}).items() if k not in ROUND_ONLY_TRAIN}

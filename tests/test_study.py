@@ -37,6 +37,7 @@ def test_round0_keys_ignore_round_only_fields_and_the_run_folder(tmp_path):
     assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, {**CFG, "train": {"dpo": {}, "student_sft": {"max_steps": 9}}}, ["h"])
     build1 = lambda run: _step("build round-1", ["py", "build", "--config", f"{run}/run.yaml", "--round", "1"])  # noqa: E731
     assert study.study_key(build1(a), a, CFG, ["h"]) != study.study_key(build1(b), b, other, ["h"])
+    assert study.study_key(build1(a), a, CFG, ["h"]) == study.study_key(build1(b), b, {**CFG, "T": 1, "out": "/x"}, ["h"])
     # dependencies enter by the content of their outputs
     assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, CFG, ["other"])
 
