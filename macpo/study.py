@@ -350,10 +350,13 @@ def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds
 
 
 def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds: list[int], out: Path, *,
-              n_boot: int = 1000, verbose: bool = False, jobs: int = 1) -> Path:
+              n_boot: int = 1000, verbose: bool = False, jobs: int | None = None) -> Path:
     from macpo import orchestrate
 
     runs = plan_runs(config, overrides, variants, seeds, out)  # validates every run before writing anything
+    if jobs is None:  # as many runs as the usable CPUs hold steps of `threads` threads (0 = torch takes them all)
+        threads = int(runs[0][2].get("threads", 1)) if runs else 1
+        jobs = max(1, len(os.sched_getaffinity(0)) // threads) if threads > 0 else 1
     out.mkdir(parents=True, exist_ok=True)
     cache = StepCache(out / "step-cache")
     tally = Tally()
@@ -629,12 +632,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="study folder (runs/, step-cache/, study.md, study.csv, PNGs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the base config")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the intervals (default 1000)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs executed at a time (default 1; each step uses the config's `threads`, so on the "
-                        "sandbox --jobs 2 keeps 2 cores busy)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs executed at a time (default: the usable CPUs divided by the config's `threads`, "
+                        "2 for the sandbox on 2 cores); a step that several runs need still runs once")
     p.add_argument("--verbose", action="store_true", help="stream every stage's output")
     args = p.parse_args(argv)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
