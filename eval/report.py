@@ -110,7 +110,7 @@ def _collect(cfg: RunConfig):
     if gold:
         module = gold_module(store, layout.data_dataset)
         name, version = store.resolve(layout.data_dataset)
-        test = store.read(name, version, "test")
+        test = store.read(name, version, cfg.eval.split)
         metas = dict(zip(test.column("prompt_id").to_pylist(), test.column("meta").to_pylist()))
     rows, per_prompt, tasks = [], {}, {}
     for version in store.versions(layout.evals_dataset):

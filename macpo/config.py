@@ -95,6 +95,7 @@ class EvalConfig:
     reward_models: dict = _f({}, "axis -> list of sequence-classification checkpoints (real data)")
     batch_size: int = _f(128, "prompts per eval generation batch")
     greedy: bool = _f(True, "evaluate with greedy decoding")
+    split: str = _f("test", "prompts evaluated: test, or val (sandbox) to choose settings without looking at test")
 
 
 @dataclass
@@ -276,6 +277,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.chosen_rule == "oracle" and not (cfg.world or any(str(a.model).startswith("sandbox:") for a in [cfg.student, *cfg.teachers])):
         raise UserError("config chosen_rule: 'oracle' needs the gold reward of the built-in sandbox (set `world`); "
                         "real data has no gold to pick by")
+    if cfg.eval.split not in ("test", "val"):
+        raise UserError(f"config eval.split: {cfg.eval.split!r} is not one of test, val")
+    if cfg.eval.split == "val" and not cfg.world:
+        raise UserError("config eval.split: 'val' is the built-in sandbox's validation split (set `world`); "
+                        "real data is split into dw, q and test only")
     if cfg.negative not in NEGATIVES:
         raise UserError(f"config negative: {cfg.negative!r} is not one of {', '.join(NEGATIVES)}")
     if not 0 <= cfg.generation.gpu_memory_utilization <= 1:

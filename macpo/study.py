@@ -406,7 +406,7 @@ def _gold_inputs(cfg):
     store = Store(layout.store_dir)
     module = gold_module(store, layout.data_dataset)
     name, version = store.resolve(layout.data_dataset)
-    test = store.read(name, version, "test")
+    test = store.read(name, version, cfg.eval.split)
     ids, metas = test.column("prompt_id").to_pylist(), test.column("meta").to_pylist()
     tasks = [json.loads(m).get("task", "") if isinstance(m, str) else m.get("task", "") for m in metas]
     return module, ids, metas, tasks
@@ -517,11 +517,11 @@ def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: li
         sets = " ".join(f"`{k}={v}`" for k, v in setup["overrides"].items()) or "none"
         lines += [f"- base config: `{setup['config']}`; overrides: {sets}; {setup['jobs']} run(s) at a time"]
     lines += [
-        f"- seeds: {', '.join(map(str, seeds))}; test prompts: {len(gold[1])}; wall time {wall / 60:.1f} min",
+        f"- seeds: {', '.join(map(str, seeds))}; {data_cfg.eval.split} prompts: {len(gold[1])}; wall time {wall / 60:.1f} min",
         f"- steps: **{tally.ran} ran**, {tally.shared} restored from the shared step cache, {tally.up_to_date} already "
         f"up to date, of a naive sum of **{tally.naive}** steps over {len(read)} runs ({tally.seconds_ran / 60:.1f} min in steps that ran)",
         f"- cells: the variant's result agent (student unless noted) at its last round; mean over seeds with a 95% "
-        f"percentile bootstrap interval ({n_boot} draws of seeds x test prompts, prompts resampled within each task); "
+        f"percentile bootstrap interval ({n_boot} draws of seeds x prompts, prompts resampled within each task); "
         f"Δ = paired difference in combined against `{BASELINE}` on the same draws",
         "- PGR = (student − weak-label teacher at round 0) / (gold ceiling − weak-label teacher), mean over seeds",
         "",

@@ -174,6 +174,31 @@ def test_the_pinned_revision_is_the_one_loaded(two_revision_repo, tiny_model_dir
     assert RunLayout(cfg).model_source("student", "acme/tiny").revision == "v1"
 
 
+def test_the_val_split_is_the_sandboxs_alone():
+    with pytest.raises(Exception, match="eval.split: 'val' is the built-in sandbox's validation split"):
+        config_mod.from_dict({"K": 1, "teachers": ["t"], "student": "s", "eval": {"split": "val"}})
+
+
+def test_a_run_evaluated_on_val_never_reads_test(tmp_path):
+    """Settings are chosen on `val`: every evaluated prompt is a val prompt and the report says so."""
+    import pyarrow.compute as pc
+
+    from macpo.store import Store
+
+    out = tmp_path / "run"
+    proc = macpo("run", str(REPO / "eval" / "configs" / "ci.yaml"), "--set", "method=spac", "--set", "T=0",
+                 "--set", "eval.split=val", "--set", f"out={out}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    store = Store(out / "store")
+    data, version = store.resolve("macpo-ci-data")
+    val = set(store.read(data, version, "val").column("prompt_id").to_pylist())
+    test = set(store.read(data, version, "test").column("prompt_id").to_pylist())
+    evaluated = set(pc.unique(store.read("macpo-ci-evals", "round-0", "default").column("prompt_id")).to_pylist())
+    assert evaluated == val and not evaluated & test
+    assert "evaluated on the **val** split" in (out / "report.md").read_text()
+    assert "round 0 (SFT on the offline pairs' chosen side)" in proc.stdout
+
+
 def test_a_revision_on_a_local_folder_is_refused(tiny_model_dir):
     with pytest.raises(Exception, match="a revision applies to Hub ids only"):
         config_mod.from_dict({"K": 1, "teachers": ["t"], "student": {"model": str(tiny_model_dir), "revision": "v1"}})
@@ -199,7 +224,8 @@ def test_bad_overrides_are_one_line_errors_in_every_command(command, tmp_path):
     for override, message in (("train.dpo.model=x", "set per job by the run"),
                               ("train.dpo.lr=fast", "expected a number"),
                               ("generation.backend=tpu", "generation.backend"),
-                              ("negative=maybe", "negative")):
+                              ("negative=maybe", "negative"),
+                              ("eval.split=train", "eval.split")):
         proc = macpo(*args, "--set", override, "--set", f"out={tmp_path / 'o'}")
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (override, proc.stderr)

@@ -162,12 +162,12 @@ def overlap_counts(store, data: str, version: str) -> dict:
     return dict(zip(cols, rows[0]))
 
 
-def round0_scores(store, layout) -> dict[str, dict]:
-    """Gold aggregates of every agent evaluated at round 0 (test prompts)."""
+def round0_scores(store, layout, split: str = "test") -> dict[str, dict]:
+    """Gold aggregates of every agent evaluated at round 0 (on the run's eval split)."""
     from macpo.eval.sandbox.reward import aggregate
 
     data, version = store.resolve(layout.data_dataset)
-    test = store.read(data, version, "test")
+    test = store.read(data, version, split)
     metas = dict(zip(test.column("prompt_id").to_pylist(), test.column("meta").to_pylist()))
     if not store.has(layout.evals_dataset, "round-0"):
         return {}
@@ -208,13 +208,13 @@ def compute(cfg) -> dict:
     layout = RunLayout(cfg)
     store = Store(layout.store_dir)
     teachers = cfg.teacher_names()
-    aggs = round0_scores(store, layout)
+    aggs = round0_scores(store, layout, cfg.eval.split)
     scores = {a: agg["combined"] for a, agg in aggs.items()}
     data, version = store.resolve(layout.data_dataset)
     overlap = overlap_counts(store, data, version)
     rates = filter_rates(candidate_rows(store, layout, teachers))
     return {"gates": all_gates(scores, overlap, rates, teachers), "scores": aggs, "filter": rates, "overlap": overlap,
-            "split": "test"}
+            "split": cfg.eval.split}
 
 
 def write(result: Mapping[str, Any], out: Path) -> Path:
