@@ -79,6 +79,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("self-neg", "own-sample negative: rejected = the learner's second plain sample (SPIN-like, not -HN)",
             {"negative": "self"}),
     Variant("no-iw", "-IW: teachers are not updated", {"update_teachers": False}),
+    Variant("ref-previous", "MACPO with the DPO reference = each agent's start-of-round policy (standard DPO) instead "
+            "of its pretrained base (what the paper's released code does)", {"train": {"dpo": {"ref": "previous"}}}),
     Variant("k1", "K=1 weak teacher", {"K": 1}),
     Variant("k2", "K=2 weak teachers", {"K": 2}),
     Variant("k3", "K=3 weak teachers", {"K": 3}),

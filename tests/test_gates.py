@@ -62,6 +62,9 @@ def test_filter_rates_on_a_hand_made_table():
     worse = G.filter_rates(rows[3:6])
     assert worse["filter"] == 0.0 and not G.filter_beats_random(worse)["pass"]
     assert G.filter_rates([])["filter"] is None and not G.filter_beats_random(G.filter_rates([]))["pass"]
+    # K=1: one candidate per prompt, the pick is forced: not measured (rather than failed at 1.0 vs 1.0)
+    one = G.filter_beats_random(G.filter_rates([r for r in rows if r["agent"] == "teacher-1"]))
+    assert one["value"] is None and "K=1" in one["detail"]
 
 
 def test_all_gates_and_render():

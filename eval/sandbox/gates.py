@@ -97,13 +97,15 @@ def filter_rates(rows: Iterable[Mapping[str, Any]]) -> dict:
         picked += best["gold"] >= 1.0
         random_pick += sum(correct) / len(cands)
     return {"filter": picked / n if n else None, "random": random_pick / n if n else None, "prompts": n,
-            "all_prompts": len(by_prompt)}
+            "all_prompts": len(by_prompt), "max_candidates": max(map(len, by_prompt.values()), default=0)}
 
 
 def filter_beats_random(rates: Mapping[str, Any] | None) -> dict:
     name = "filter-beats-random"
     if not rates or rates.get("filter") is None:
         return _na(name, None, "no round-1 teacher candidates with a gold-correct response yet")
+    if rates.get("max_candidates", 2) < 2:  # K=1: the pick is forced, filter and random agree by construction
+        return _na(name, None, "one teacher candidate per prompt (K=1): the filter has nothing to choose between")
     return _gate(name, rates["filter"], rates["random"], rates["filter"] > rates["random"],
                  f"{rates['prompts']} of {rates['all_prompts']} Q prompts have a gold-correct teacher candidate; "
                  f"filter picks one {rates['filter']:.3f}, random pick {rates['random']:.3f}")
