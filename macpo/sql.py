@@ -528,6 +528,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help=f"stop a statement after S seconds; 0 = none (default {TABLE_TIMEOUT_S:g} for table, none for csv/json)")
     args = p.parse_args(argv)
+    import faulthandler
+    import signal
+
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr: for a query that will not stop.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     terminal = args.format == "table"
     max_rows = args.max_rows if args.max_rows is not None else (TABLE_MAX_ROWS if terminal else 0)
     timeout = args.timeout if args.timeout is not None else (TABLE_TIMEOUT_S if terminal else 0)
