@@ -195,7 +195,7 @@ def test_a_run_evaluated_on_val_never_reads_test(tmp_path):
     test = set(store.read(data, version, "test").column("prompt_id").to_pylist())
     evaluated = set(pc.unique(store.read("macpo-ci-evals", "round-0", "default").column("prompt_id")).to_pylist())
     assert evaluated == val and not evaluated & test
-    assert "evaluated on the **val** split" in (out / "report.md").read_text()
+    assert "\n- evaluated on the **val** split (for choosing settings; the reported result is on `test`)\n- axes:" in (out / "report.md").read_text()
     assert "round 0 (SFT on the offline pairs' chosen side)" in proc.stdout
 
 
