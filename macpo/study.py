@@ -65,7 +65,8 @@ EARLY_STOP_STEPS = 32
 _3EP = {"train": {"student_sft": {"max_steps": -1, "epochs": 3}}}
 _EARLY = {"train": {"student_sft": {"max_steps": EARLY_STOP_STEPS}}}
 # SPAC's pessimism weight, chosen on the demo world's val split (eval.split=val, seed 0, T=3) over the
-# sweep research/spac.md suggests: final student combined 0.264 / 0.297 / 0.257 at alpha 0.1 / 0.5 / 1.
+# sweep {0.1, 0.5, 1} (theory gives no value for this scale): final student combined 0.264 / 0.297 /
+# 0.257 at alpha 0.1 / 0.5 / 1.
 _SELF_PLAY_ALPHA = 0.5
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
