@@ -16,7 +16,7 @@ from typing import Any
 
 from jinja2 import Template
 
-from macpo.config import RunConfig
+from macpo.config import RunConfig, round0_start
 from macpo.eval import diagnostics as dg
 from macpo.eval.judges import win_rate
 from macpo.eval.stats import pgr
@@ -405,7 +405,7 @@ def write_report(cfg: RunConfig) -> Path:
         rounds=rounds, store=layout.store_dir, sft_budget=_sft_budget(cfg), ablations=_config_line(cfg),
         gates=gates, gates_error=gates_error, failed=summary["gates_failed"], diagnostics=diagnostics,
         ceiling=ceiling_agent(rows), weak=f"teacher-{cfg.weak_label_teacher}", pngs=pngs, picks=_picks_table(diagnostics),
-        deviations=_deviations(cfg),
+        deviations=_deviations(cfg), round0_start=round0_start(cfg.method),
     )
     (out / "report.md").write_text(text)
     return out / "report.md"

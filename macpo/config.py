@@ -20,6 +20,12 @@ from macpo.errors import UserError
 from macpo.hashing import json_hash
 
 METHODS = ("macpo", "naive-w2s", "spac", "spin", "dpo")
+
+
+def round0_start(method: str) -> str:
+    """What a run's round-0 student is, as summaries and reports name it."""
+    # Self-play methods start from SFT on D_w's chosen side, not from weak labels.
+    return "naive weak-to-strong" if method in {"macpo", "naive-w2s"} else "SFT on the offline pairs' chosen side"
 NEGATIVES = ("hard", "none", "self")
 CHOSEN_RULES = ("familiarity", "oracle", "random")
 BACKENDS = ("transformers", "vllm")

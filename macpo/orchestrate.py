@@ -324,9 +324,9 @@ def summarize(cfg: RunConfig) -> str:
             lines.append(f"  {r.get('round'):>5}  {str(r.get('agent')):<20}{cells}")
     # The sandbox scores with its gold reward (a `combined` axis); real runs with reward models.
     what = "gold reward" if any(r.get("combined") is not None for r in rows) else "reward (mean of the reward-model axes)"
-    # Self-play methods start from SFT on D_w's chosen side, not from weak labels.
-    start = "naive weak-to-strong" if cfg.method in {"macpo", "naive-w2s"} else "SFT on the offline pairs' chosen side"
-    for key, label in (("student_round0", f"student {what}, round 0 ({start})"),
+    from macpo.config import round0_start
+
+    for key, label in (("student_round0", f"student {what}, round 0 ({round0_start(cfg.method)})"),
                        ("student_final", f"student {what}, after round {cfg.T}"),
                        ("best_teacher", f"best teacher {what}")):
         if key in m and m[key] is not None:

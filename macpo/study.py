@@ -377,8 +377,7 @@ def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds
         except _Stopped:
             raise
         except BaseException as e:
-            with _TALLY_LOCK:
-                failures.append(e)
+            failures.append(e)  # list.append is atomic; the first one is the cause
             stop.set()
             raise
         return v, seed, cfg
@@ -393,8 +392,7 @@ def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds
             stop.set()
             for f in futures:
                 f.cancel()
-            pool.shutdown(wait=True)
-            raise (failures[0] if failures else e) from None
+            raise (failures[0] if failures else e) from None  # leaving `with` waits for the running runs
     wall = time.time() - t0
     read = [read_run(v, seed, cfg) for v, seed, cfg in results]
     return write_study(out, read, variants, seeds, tally, wall, n_boot=n_boot, data_cfg=results[0][2],

@@ -164,7 +164,7 @@ def overlap_counts(store, data: str, version: str) -> dict:
     return dict(zip(cols, rows[0]))
 
 
-def round0_scores(store, layout, split: str = "test") -> dict[str, dict]:
+def round0_scores(store, layout, split: str) -> dict[str, dict]:
     """Gold aggregates of every agent evaluated at round 0 (on the run's eval split)."""
     from macpo.eval.sandbox.reward import aggregate
 
