@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from macpo.schema import SCORE, conform
+from macpo.schema import REF_LOGPS, SCORE, conform
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
 STUDENT = "student"
@@ -389,7 +389,7 @@ def self_play_pairs(
     sampling columns. ``pair_type="spac"`` (or ``"dpo"``, iterated DPO = SPAC with alpha 0)
     keeps rejected = y-. ``"spin"`` sets rejected = y' as well, so the table is SPIN as plain
     DPO (y+ over y') even for a trainer that ignores ``self_response``. Reference log-probs
-    are cleared (the new reference is the current policy); other columns are kept. Output
+    are left out (the new reference is the current policy); other columns are kept. Output
     round = the candidates' round; missing candidates as in :func:`macpo_pairs`.
     """
     if pair_type not in ("spac", "spin", "dpo"):
@@ -404,7 +404,9 @@ def self_play_pairs(
     prefs, self_rows = prefs.filter(keep), self_rows.filter(keep)
     y = candidates.take(self_rows)
     n = prefs.num_rows
-    columns = {name: prefs.column(name) for name in prefs.column_names}
+    # The preferences' own reference log-probs (if any) were under another reference: left out,
+    # not nulled, since an all-null ref column breaks TRL's collator (macpo/schema.py, SPARSE).
+    columns = {name: prefs.column(name) for name in prefs.column_names if name not in REF_LOGPS}
     columns.update(
         pair_id=pair_ids(round_, agent, prefs.column("pair_id")),
         round=pa.array([round_] * n, pa.int32()),
@@ -413,9 +415,6 @@ def self_play_pairs(
         self_response=y.column("response"),
         self_agent=y.column("agent"),
         **{c: y.column(c) for c in SAMPLING_COLUMNS},
-        ref_chosen_logps=pa.nulls(n, pa.float64()),
-        ref_rejected_logps=pa.nulls(n, pa.float64()),
-        ref_self_logps=pa.nulls(n, pa.float64()),
     )
     if pair_type == "spin":
         columns.update(rejected=y.column("response"), rejected_agent=y.column("agent"))

@@ -5,8 +5,13 @@ columns hold TRL's message form, a list of ``{"role", "content"}`` structs, so a
 table goes into ``DPOTrainer`` untouched and an ``sft`` table into ``SFTTrainer``
 (prompt-completion form).
 
-Optional values are nullable columns, never missing columns: one schema per kind keeps
-SQL views, hashing and Parquet files uniform across rounds.
+Optional values are nullable columns, present in every table of a kind, except the *sparse*
+columns (:data:`SPARSE`): those are stored only when at least one row holds a value. The
+reference log-probs are sparse because TRL's preference collator uses ``ref_chosen_logps`` /
+``ref_rejected_logps`` whenever the columns exist, and an all-null column crashes a stock
+``DPOTrainer`` ("Could not infer dtype of NoneType"); ``axis`` is sparse so that data without
+one (every round a run builds) keeps the columns and content hash it had before ``axis``
+existed. Readers treat an absent sparse column as all-null (the SQL views show it as NULL).
 """
 
 from __future__ import annotations
@@ -49,11 +54,14 @@ PAIRS = pa.schema(
         # y' for SPIN/SPAC: the current policy's own sample for this prompt.
         pa.field("self_response", MESSAGES),
         pa.field("self_agent", pa.string()),
-        # Summed response log-probs under the learner's reference model; TRL's
-        # DataCollatorForPreference consumes the first two directly.
+        # Sparse (see SPARSE): summed response log-probs under the learner's reference model;
+        # TRL's DataCollatorForPreference consumes the first two directly.
         pa.field("ref_chosen_logps", pa.float64()),
         pa.field("ref_rejected_logps", pa.float64()),
         pa.field("ref_self_logps", pa.float64()),
+        # Sparse: the preference axis a human label was given on ("helpful", "harmless" for
+        # HH-RLHF; "better", "safer" for PKU-SafeRLHF).
+        pa.field("axis", pa.string()),
     ]
 )
 
@@ -125,6 +133,23 @@ KINDS: dict[str, pa.Schema] = {
 }
 
 
+# Columns stored only when some row holds a value (module docstring).
+SPARSE: dict[str, tuple[str, ...]] = {"pairs": ("ref_chosen_logps", "ref_rejected_logps", "ref_self_logps", "axis")}
+REF_LOGPS = ("ref_chosen_logps", "ref_rejected_logps", "ref_self_logps")
+
+
+def sparse_columns(kind: str) -> tuple[str, ...]:
+    return SPARSE.get(kind, ())
+
+
+def core_schema(kind: str) -> pa.Schema:
+    """``kind``'s schema without its sparse columns: what a table with no sparse values holds."""
+    schema = schema_for(kind)
+    for name in sparse_columns(kind):
+        schema = schema.remove(schema.get_field_index(name))
+    return schema
+
+
 def schema_for(kind: str) -> pa.Schema:
     try:
         return KINDS[kind]
@@ -132,19 +157,27 @@ def schema_for(kind: str) -> pa.Schema:
         raise UserError(f"unknown table kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}") from None
 
 
-def conform(table: pa.Table, kind: str, where: str) -> pa.Table:
+def conform(table: pa.Table, kind: str, where: str, *, stored: bool = False) -> pa.Table:
     """Return ``table`` in the exact column order and types of ``kind``.
 
-    Missing nullable columns are added as nulls; extra columns, missing required columns,
-    type mismatches and nulls in required columns raise a UserError naming the column and
-    ``where`` (the dataset/version/subset being written or read).
+    Missing nullable columns are added as nulls, except sparse ones, which stay absent; a
+    sparse column with no value is dropped, unless ``stored`` (a table read back from the
+    store or the Hub: versions written before sparse columns existed carry all-null ones, and
+    their content hash covers them). Extra columns, missing required columns, type mismatches
+    and nulls in required columns raise a UserError naming the column and ``where`` (the
+    dataset/version/subset being written or read).
     """
     schema = schema_for(kind)
     extra = [name for name in table.column_names if schema.get_field_index(name) < 0]
     if extra:
         raise UserError(f"{where}: unexpected column(s) {', '.join(extra)} for a {kind} table")
-    columns = []
+    sparse = sparse_columns(kind)
+    columns, fields = [], []
     for field in schema:
+        if field.name in sparse and (field.name not in table.column_names
+                                     or (not stored and table.column(field.name).null_count == table.num_rows)):
+            continue
+        fields.append(field)
         if field.name not in table.column_names:
             if not field.nullable:
                 raise UserError(f"{where}: missing required column {field.name!r} ({kind} table)")
@@ -161,6 +194,7 @@ def conform(table: pa.Table, kind: str, where: str) -> pa.Table:
         if not field.nullable and column.null_count:
             raise UserError(f"{where}: column {field.name!r} has {column.null_count} null value(s)")
         columns.append(column)
+    schema = pa.schema(fields) if len(fields) != len(schema) else schema
     out = pa.Table.from_arrays(columns, schema=schema)
     _check_messages(out, schema, where)
     return out

@@ -134,17 +134,43 @@ def _facts_select(kind: str, label: str, source: str) -> str:
     return f"SELECT {label}, {scalars}, {fact_select_list(kind)} FROM {source}"
 
 
-def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Path] | None) -> str:
+_DUCK_TYPES = {"double": "DOUBLE", "string": "VARCHAR"}  # the types sparse columns have
+
+
+def _columns(kind: str, present: set[str], names: list[str] | None = None) -> str:
+    """The SELECT list of ``kind``'s columns (or ``names``) over one subset's Parquet files: a
+    sparse column the files do not hold (macpo/schema.py, SPARSE) reads as a typed NULL, so
+    every subset of a kind has the same columns."""
+    schema = KINDS[kind]
+    out = []
+    for name in names if names is not None else schema.names:
+        if name in present:
+            out.append(f'"{name}"')
+        else:
+            out.append(f'NULL::{_DUCK_TYPES[str(schema.field(name).type)]} AS "{name}"')
+    return ", ".join(out)
+
+
+def _present_columns(first_file: Path) -> set[str]:
+    """The columns one subset's shards hold (every shard of a subset has the same ones)."""
+    import pyarrow.parquet as pq
+
+    return set(pq.read_schema(first_file).names)
+
+
+def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Path] | None, present: set[str]) -> str:
     """SELECT of one subset's ``KIND_facts`` rows: the stored facts shards side by side with the
     data shards' scalar columns when valid, else the same facts computed from the text."""
     if not stored:
-        return _facts_select(kind, label, "read_parquet([" + ", ".join(_q(d.resolve()) for d in data_files) + "])")
+        files = "read_parquet([" + ", ".join(_q(d.resolve()) for d in data_files) + "])"
+        return _facts_select(kind, label, f"(SELECT {_columns(kind, present)} FROM {files})")
     scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
     names = ", ".join(name for name, _ in fact_expressions(kind))
+    inner = _columns(kind, present, scalar_columns(kind))
     # POSITIONAL JOIN pairs row i of a data shard with row i of its facts shard; DuckDB still
     # reads only the columns a query uses from either side.
     return " UNION ALL ".join(
-        f"SELECT {label}, {scalars}, {names} FROM (SELECT {scalars} FROM read_parquet({_q(d.resolve())})) "
+        f"SELECT {label}, {scalars}, {names} FROM (SELECT {inner} FROM read_parquet({_q(d.resolve())})) "
         f"POSITIONAL JOIN read_parquet({_q(f.resolve())})"
         for d, f in zip(data_files, stored)
     )
@@ -216,6 +242,7 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
     since a folder that can be read can also be written (``COPY ... TO``).
     """
     import duckdb
+    import pyarrow as pa
 
     con = duckdb.connect(config={"threads": 2})
     per_kind: dict[str, list[str]] = {k: [] for k in KINDS}
@@ -238,11 +265,16 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
             opened += data
             files = "[" + ", ".join(_q(d) for d in data) + "]"
             label = f"{_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset"
-            per_kind.setdefault(kind, []).append(f"SELECT {label}, *{_text_columns(kind)} FROM read_parquet({files})")
+            try:
+                present = _present_columns(src.root / entry["files"][0])
+            except (OSError, pa.ArrowException) as exc:
+                raise UserError(f"{src.dataset}/{src.version}: {entry['files'][0]} does not read as Parquet "
+                                f"({str(exc).splitlines()[0][:160]}); run `macpo status --verify`") from None
+            per_kind.setdefault(kind, []).append(f"SELECT {label}, {_columns(kind, present)}{_text_columns(kind)} FROM read_parquet({files})")
             facts = stored_facts and stored_facts[subset]
             if facts:
                 opened += [str(f.resolve()) for f in facts]
-            per_kind_facts.setdefault(kind, []).append(_facts_source(kind, label, [src.root / f for f in entry["files"]], facts))
+            per_kind_facts.setdefault(kind, []).append(_facts_source(kind, label, [src.root / f for f in entry["files"]], facts, present))
             subset_rows.append(
                 f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset, "
                 f"{_q(kind)} AS kind, {entry['rows']}::BIGINT AS n_rows, {_q(entry['content_hash'])} AS content_hash"

@@ -334,7 +334,7 @@ class Store:
             table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         except (OSError, pa.ArrowException) as exc:
             raise UserError(f"{where}: cannot read Parquet ({str(exc).splitlines()[0][:200]})") from None
-        return conform(table, entry["kind"], where)
+        return conform(table, entry["kind"], where, stored=True)  # as stored: its content hash covers it
 
     # ---- leftovers of killed writers -------------------------------------------------
     def stale_tmp(self) -> list[Path]:

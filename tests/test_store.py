@@ -28,8 +28,8 @@ def test_write_read_roundtrip_with_manifest(tmp_path):
     assert m["macpo_version"] and m["created_at"]
     table = store.read("run", "round-1", "default")
     assert table.column("chosen").to_pylist()[0] == [{"role": "assistant", "content": "good"}]
-    # optional columns exist as nulls
-    assert table.column("ref_chosen_logps").null_count == 2
+    # optional columns exist as nulls; sparse ones (reference log-probs) only when they hold values
+    assert table.column("chosen_ppl").null_count == 2 and "ref_chosen_logps" not in table.column_names
 
 
 def test_hash_independent_of_row_order_and_parquet_metadata(tmp_path):

@@ -140,7 +140,7 @@ def _check_against_manifest(source: str, subset: str, table: pa.Table, entry: Ma
     if not expected or not kind:
         return  # a dataset published without a macpo manifest entry: nothing to check against
     try:
-        got = table_hash(conform(table, kind, f"{source} {subset}"))
+        got = table_hash(conform(table, kind, f"{source} {subset}", stored=True))
     except (UserError, ValueError, TypeError, pa.ArrowException) as exc:
         raise UserError(f"--data {source}: subset {subset!r} does not have the {kind} schema its manifest names "
                         f"({str(exc).splitlines()[0]}); refusing to train on it") from None
