@@ -11,7 +11,7 @@ from macpo.trainer.train_config import TrainConfig
 OBJECTIVES = {
     "sft": "supervised fine-tuning on the completions (TRL SFTTrainer, completion-only loss)",
     "dpo": "sigmoid DPO (TRL DPOTrainer)",
-    "dpo-nll": "sigmoid DPO + γ · length-averaged NLL on chosen (MACPO; TRL loss_type=[sigmoid, sft])",
+    "dpo-nll": "sigmoid DPO + γ · NLL on chosen, length-averaged per answer (MACPO, as LLaMA-Factory's dpo_ftx)",
     "spin": "SPIN: sigmoid DPO of the data response over the policy's own sample y′",
     "spac": "SPAC: DPO(y⁺, y⁻) + α · ½ Σ −log σ(β[h(ỹ) − h(y′)]) against the starting policy",
 }

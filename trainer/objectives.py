@@ -13,6 +13,8 @@
   y′ (``self_response``) is tokenised as a third completion and the collator stacks the batch
   as [chosen; rejected; self], so one policy forward and one reference forward cover all three.
   α = 0 is exactly TRL's sigmoid DPO; SPIN is the DPO trainer on (y⁺, y′) (see data.py).
+- ``DPONLLTrainer``: MACPO's DPO + γ · NLL, with the NLL as the paper's code computes it
+  (LLaMA-Factory 0.5.3 ``dpo_ftx``): each chosen answer's mean token NLL, then the batch mean.
 """
 
 from __future__ import annotations
@@ -41,6 +43,55 @@ class StoredRefDPOTrainer(DPOTrainer):
         if all(c in dataset.column_names for c in self._ref_columns):
             return dataset
         return super()._precompute_ref_logps(dataset, name, batch_size)
+
+
+def per_response_nll(log_probs: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """−(1/|y⁺ᵢ|) Σₜ log π(y⁺ᵢₜ) for every chosen row of a [chosen; rejected] batch.
+
+    ``log_probs``: per-token log-probs of TRL's fused head (positions of the shifted labels, possibly
+    with leading virtual-token positions); ``completion_mask``: the collator's, one row per sequence.
+    """
+    mask = completion_mask[:, 1:]
+    per_token = log_probs[:, -mask.size(1):]
+    chosen, _ = per_token.chunk(2, dim=0)
+    chosen_mask, _ = mask.chunk(2, dim=0)
+    chosen_mask = chosen_mask.bool()
+    summed = chosen.masked_fill(~chosen_mask, 0.0).sum(dim=1)
+    return -summed / chosen_mask.sum(dim=1).clamp(min=1)
+
+
+class DPONLLTrainer(StoredRefDPOTrainer):
+    """Sigmoid DPO + γ · the chosen answer's length-averaged NLL, averaged over the batch.
+
+    Hand-written because TRL has no per-sequence-averaged sft term: its ``loss_type="sft"`` is
+    ``-chosen_per_token_logps[chosen_mask].mean()``, one token mean over the whole batch, which
+    weights long answers more (and changes with how a batch is split across processes). TRL still
+    computes the DPO term; the NLL reads the per-token log-probs of the very policy forward TRL
+    runs for it (seen through a forward hook), so there is no second forward.
+    """
+
+    def __init__(self, *args, nll_weight: float, **kwargs):
+        args_ = kwargs.get("args")
+        if args_ is not None and list(args_.loss_type) != ["sigmoid"]:
+            raise UserError("dpo-nll adds its NLL to the sigmoid DPO term only (loss_type must be ['sigmoid'])")
+        self.nll_weight = float(nll_weight)
+        super().__init__(*args, **kwargs)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        # TRL's _compute_loss runs the policy forward first; a later forward through the same module
+        # (the reference pass with the adapter disabled, or return_outputs' extra pass) is ignored.
+        seen = []
+        handle = model.register_forward_hook(lambda _m, _a, output: seen.append(output) if not seen else None)
+        try:
+            result = super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            handle.remove()
+        loss, outputs = result if return_outputs else (result, None)
+        nll = per_response_nll(seen[0].log_probs, inputs["completion_mask"])
+        loss = loss + self.nll_weight * nll.mean()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["nll"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
+        return (loss, outputs) if return_outputs else loss
 
 
 def _tokenize(processing_class, prompt, completion) -> list[int]:

@@ -90,14 +90,11 @@ def training_args(cfg: TrainConfig, output_dir: str, stored_ref: bool):
         return SFTConfig(**common)
     from trl import DPOConfig
 
-    loss_type, loss_weights = ["sigmoid"], None
-    if cfg.loss == "dpo-nll":  # MACPO: DPO + γ · length-averaged NLL on chosen (TRL's former rpo_alpha)
-        loss_type, loss_weights = ["sigmoid", "sft"], [1.0, cfg.nll_weight]
+    # dpo-nll's γ · NLL is added by objectives.DPONLLTrainer (per answer, as the paper), not TRL's "sft" term.
     return DPOConfig(
         **common,
         beta=cfg.beta,
-        loss_type=loss_type,
-        loss_weights=loss_weights,
+        loss_type=["sigmoid"],
         precompute_ref_log_probs=stored_ref,
     )
 
@@ -133,10 +130,12 @@ def build_session(cfg: TrainConfig, data: Data, output_dir: str | os.PathLike) -
 
         trainer = SFTTrainer(**kwargs)
     else:
-        from macpo.trainer.objectives import SPACTrainer, StoredRefDPOTrainer
+        from macpo.trainer.objectives import DPONLLTrainer, SPACTrainer, StoredRefDPOTrainer
 
         if cfg.loss == "spac":
             trainer = SPACTrainer(ref_model=policy.ref_model, alpha=cfg.alpha, **kwargs)
+        elif cfg.loss == "dpo-nll":
+            trainer = DPONLLTrainer(ref_model=policy.ref_model, nll_weight=cfg.nll_weight, **kwargs)
         else:
             trainer = StoredRefDPOTrainer(ref_model=policy.ref_model, **kwargs)
         if policy.drop_ref_adapter:
