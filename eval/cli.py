@@ -8,6 +8,8 @@
 - ``--gates`` (sandbox weak-to-strong runs): the premise gates at round 0 (pretrained student below
   every teacher, gold ceiling and naive gaps, zero test overlap by SQL, filter vs random pick) in
   ``OUT/gates.json`` (:mod:`macpo.eval.sandbox.gates`).
+- ``--judge``: the run's LLM judge (``eval.judge``, :mod:`macpo.eval.judge_llm`) compares the student with
+  the round-0 student and each teacher, pairwise in both orders; ``--report`` shows the result.
 - ``--report``: the round x agent table, ``metrics.csv``, win rates against the round-0
   student, PNG plots and ``report.md`` in the run's output folder.
 """
@@ -95,9 +97,9 @@ def eval_agents(cfg: RunConfig, round_: int | None = None) -> list[str]:
     if cfg.method in {"spac", "spin", "dpo"}:
         return ["student"]
     if round_ == 0 and has_premise_gates(cfg):
-        from macpo.eval.sandbox.gates import CEILING, PRETRAINED
+        from macpo.eval.sandbox.gates import CEILING, DPO_SANITY_AGENT, PRETRAINED
 
-        return [*cfg.agent_names(), PRETRAINED, CEILING]
+        return [*cfg.agent_names(), PRETRAINED, CEILING, DPO_SANITY_AGENT]
     return cfg.agent_names()
 
 
@@ -173,6 +175,9 @@ def main(argv: list[str]) -> int:
     what.add_argument("--prepare", action="store_true", help="prepare the run's data (and sandbox models)")
     what.add_argument("--gates", action="store_true",
                       help="sandbox runs: measure the weak-to-strong premise gates at round 0 and write OUT/gates.json")
+    what.add_argument("--judge", action="store_true",
+                      help="ask the run's LLM judge (eval.judge) for the pairwise verdicts and print win / tie / loss; "
+                           "--report then reuses them (cached in OUT/judge/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
@@ -194,6 +199,10 @@ def main(argv: list[str]) -> int:
         path = gates.write(result, RunLayout(cfg).out)
         print(gates.render(result["gates"]))
         print(f"gates: {path}")
+    elif args.judge:
+        from macpo.eval.judge_llm import run_judge, summary_lines
+
+        print("\n".join(summary_lines(run_judge(cfg))))
     elif args.report:
         from macpo.eval.report import write_report
 

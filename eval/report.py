@@ -19,7 +19,7 @@ from jinja2 import Template
 from macpo.config import RunConfig, round0_start
 from macpo.eval import diagnostics as dg
 from macpo.eval.judges import win_rate
-from macpo.eval.stats import pgr
+from macpo.eval.stats import pgr, pgr_note
 from macpo.layout import RunLayout
 
 HEADLINE = ("helpful", "harmless", "combined")
@@ -36,6 +36,8 @@ def _template() -> Template:
 
 
 def _fmt(x) -> str:
+    if isinstance(x, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in x.items())
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.3f}" if isinstance(x, float) else str(x)
@@ -141,7 +143,10 @@ def _collect(cfg: RunConfig):
         mine = per_prompt[(row["round"], row["agent"])]
         common = [p for p in mine if p in base]
         row["win_rate_vs_round0"] = win_rate([mine[p] for p in common], [base[p] for p in common]) if row["agent"] == "student" else None
-    add_pgr(rows, weak_agent=f"teacher-{cfg.weak_label_teacher}")
+    gates, _ = read_gates(RunLayout(cfg).out / "gates.json")
+    pgr_why = add_pgr(rows, weak_agent=f"teacher-{cfg.weak_label_teacher}", premise_failed=any(not g["pass"] for g in gates))
+    for row in rows:
+        row["pgr_note"] = pgr_why if row["agent"] == "student" else None
     rows.sort(key=lambda r: (r["round"], _agent_order(r["agent"])))
     if gold:
         axes = list(HEADLINE)
@@ -160,17 +165,20 @@ def ceiling_agent(rows: list[dict]) -> str | None:
     return names[0] if names else None
 
 
-def add_pgr(rows: list[dict], *, weak_agent: str, key: str = "reward") -> None:
+def add_pgr(rows: list[dict], *, weak_agent: str, key: str = "reward", premise_failed: bool = False) -> str | None:
     """Set ``pgr`` on the student's rows: (student - weak-label teacher at round 0) / (ceiling - that teacher).
 
     The teacher's round-0 score is the weak supervision's quality (the labels came from it);
-    the ceiling is the gold-trained agent's round-0 score. No ceiling: pgr stays None.
+    the ceiling is the gold-trained agent's round-0 score. No ceiling, a gap under
+    :data:`PGR_MIN_GAP` or a failed premise gate: pgr stays None, and the reason is returned.
     """
     pick = lambda agent: next((r.get(key) for r in rows if r["round"] == 0 and r["agent"] == agent), None)  # noqa: E731
     ceiling = ceiling_agent(rows)
     weak, top = pick(weak_agent), pick(ceiling) if ceiling else None
+    note = "a premise gate failed" if premise_failed else pgr_note(weak, top)
     for row in rows:
-        row["pgr"] = pgr(row.get(key), weak, top) if row["agent"] == "student" else None
+        row["pgr"] = pgr(row.get(key), weak, top) if row["agent"] == "student" and not premise_failed else None
+    return note
 
 
 def _prompt_reward(item: dict, gold: bool) -> float:
@@ -194,6 +202,7 @@ def summarize(rows: list[dict]) -> dict:
         "ceiling": get(0, ceiling) if ceiling else None,
         "pgr_round0": get(0, "student", "pgr"),
         "pgr_final": get(final, "student", "pgr"),
+        "pgr_note": get(0, "student", "pgr_note"),
     }
 
 
@@ -216,10 +225,24 @@ def read_gates(path: Path) -> tuple[list[dict], str | None]:
     for i, g in enumerate(items):
         if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("pass"), bool):
             return [], f"{path.name}: entry {i} lacks a name or a true/false pass"
-        num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+        def num(v):  # a number, or a mapping of named numbers (gates with several conditions)
+            if isinstance(v, dict):
+                return {str(k): num(x) for k, x in v.items()}
+            return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
         gates.append({"name": g["name"], "value": num(g.get("value")), "threshold": num(g.get("threshold")),
                       "pass": g["pass"], "detail": str(g.get("detail") or "")})
     return gates, None
+
+
+def premise_diagnostics(path: Path) -> dict:
+    """The diagnostics written beside the gates (implicit reward, D_w pair quality), or {}."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    diag = data.get("diagnostics") if isinstance(data, dict) else None
+    return diag if isinstance(diag, dict) else {}
 
 
 # ---- pair diagnostics ---------------------------------------------------------------------------------
@@ -375,22 +398,25 @@ def write_report(cfg: RunConfig) -> Path:
     layout = RunLayout(cfg)
     out = layout.out
     rows, axes, gold, tasks = _collect(cfg)
+    # Asked before anything is written: a judge that fails leaves the previous report whole.
+    judge_cols, judge_md = judge_rows(cfg, rows)
     gates, gates_error = read_gates(out / "gates.json")
     diagnostics = round_diagnostics(cfg)
-    rates = sorted({k for r in rows for k, v in r.items() if k not in _NOT_RATES and _number(v) and not k.startswith("task:")}
+    rates = sorted({k for r in rows for k, v in r.items() if k not in _NOT_RATES and _number(v) and not k.startswith(("task:", "judge:"))}
                    - {"round", "n", "win_rate_vs_round0", "pgr", *axes}) if gold else []
     task_metrics = sorted({k for r in rows for k in r if k.startswith("task:")})
     task_names = sorted({t for per in tasks.values() for t in per})
     for row in rows:
         row.update({f"task:{t}": v for t, v in tasks.get((row["round"], row["agent"]), {}).items()})
     with open(out / "metrics.csv", "w", newline="") as fh:
-        cols = ["round", "agent", "method", *axes, *rates, "pgr", *[f"task:{t}" for t in task_names], *task_metrics, "win_rate_vs_round0", "n",
-                "gate_value", "gate_threshold", "gate_pass"]
+        cols = ["round", "agent", "method", *axes, *rates, "pgr", "pgr_note", *[f"task:{t}" for t in task_names], *task_metrics, "win_rate_vs_round0", "n",
+                "gate_value", "gate_threshold", "gate_pass", *judge_cols]
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         # The premise gates are round-0 facts of the run: one row each, agent "gate:<name>".
-        w.writerows({"round": 0, "agent": f"gate:{g['name']}", "gate_value": g["value"], "gate_threshold": g["threshold"],
+        cell = lambda v: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v  # noqa: E731
+        w.writerows({"round": 0, "agent": f"gate:{g['name']}", "gate_value": cell(g["value"]), "gate_threshold": cell(g["threshold"]),
                      "gate_pass": g["pass"]} for g in gates)
     summary = summarize(rows)
     summary["gates_failed"] = [g["name"] for g in gates if not g["pass"]]
@@ -405,10 +431,25 @@ def write_report(cfg: RunConfig) -> Path:
         rounds=rounds, store=layout.store_dir, sft_budget=_sft_budget(cfg), ablations=_config_line(cfg),
         gates=gates, gates_error=gates_error, failed=summary["gates_failed"], diagnostics=diagnostics,
         ceiling=ceiling_agent(rows), weak=f"teacher-{cfg.weak_label_teacher}", pngs=pngs, picks=_picks_table(diagnostics),
-        deviations=_deviations(cfg), round0_start=round0_start(cfg.method),
+        deviations=_deviations(cfg), round0_start=round0_start(cfg.method), judge=judge_md,
+        premise=premise_diagnostics(out / "gates.json"),
     )
     (out / "report.md").write_text(text)
     return out / "report.md"
+
+
+def judge_rows(cfg: RunConfig, rows: list[dict]) -> tuple[list[str], str]:
+    """With ``eval.judge``: judge the run (eval/judge_llm.py), put ``judge:<opponent>:<stat>`` on the
+    student's rows, and return those column names and the report's judge section."""
+    if cfg.eval.judge is None:
+        return [], ""
+    from macpo.eval import judge_llm
+
+    judged = judge_llm.run_judge(cfg)
+    extra = judge_llm.columns(judged)
+    for row in rows:
+        row.update(extra.get((row["round"], row["agent"]), {}))
+    return judge_llm.column_names(judged), judge_llm.markdown(cfg, judged)
 
 
 def _deviations(cfg: RunConfig) -> list[dict]:

@@ -14,20 +14,33 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def pgr(student: float | None, weak: float | None, ceiling: float | None, *, min_gap: float = 1e-9) -> float | None:
+# Below this gap between the gold ceiling and the weak teacher, PGR is noise divided by noise
+# (pgr(0.60, 0.70, 0.65) would print +2.0): it is left empty and flagged "gap too small".
+PGR_MIN_GAP = 0.05
+
+
+def pgr(student: float | None, weak: float | None, ceiling: float | None, *, min_gap: float = PGR_MIN_GAP) -> float | None:
     """Performance gap recovered: (student - weak) / (ceiling - weak).
 
     ``weak`` is the weak-label teacher's score, ``ceiling`` the student trained on gold labels.
-    None when a score is missing or the gap is smaller than ``min_gap`` (no gap to recover: the
-    ratio would be noise divided by noise). A negative gap (weak above ceiling) is reported as
-    computed; the sign then says the premise failed.
+    None when a score is missing or when ceiling - weak < ``min_gap`` (a negative gap included:
+    with no gap to recover the ratio means nothing); :func:`pgr_note` says which.
     """
     if student is None or weak is None or ceiling is None:
         return None
     gap = ceiling - weak
-    if abs(gap) < min_gap:
+    if gap < min_gap:
         return None
     return (student - weak) / gap
+
+
+def pgr_note(weak: float | None, ceiling: float | None, *, min_gap: float = PGR_MIN_GAP) -> str | None:
+    """Why :func:`pgr` is empty for these scores, or None when it is defined."""
+    if weak is None or ceiling is None:
+        return "no gold ceiling or weak teacher score"
+    if ceiling - weak < min_gap:
+        return f"gap too small (ceiling {ceiling:.3f} - weak teacher {weak:.3f} < {min_gap})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,33 @@ output exists; an interrupted build resumes from its shard checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from macpo.cliutil import make_parser, parse_kv
+from macpo.cliutil import PARENT_ENV, check_owned, make_parser, parse_kv, write_marker
 from macpo.config import RunConfig
 from macpo.errors import UserError
 from macpo.hashing import json_hash
 from macpo.eval.cli import has_premise_gates
-from macpo.eval.sandbox.gates import CEILING
+from macpo.eval.sandbox.gates import CEILING, DPO_SANITY_AGENT
 from macpo.layout import RunLayout
 
 # -P: never put the caller's working directory on sys.path, or a stray h11.py there shadows a library.
 _PY = [sys.executable, "-P"] if sys.version_info >= (3, 11) else [sys.executable]
 CLI = [*_PY, "-m", "macpo.cli"]
+RUN_LOCK = ".macpo-run.lock"
 
 
 @dataclass
@@ -135,6 +140,10 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         gates = has_premise_gates(cfg)
         if gates:  # the gold ceiling: the student SFT'd on gold responses for Q, with the naive budget
             jobs.append(job(CEILING, 0, "student_sft", "round-0-labels", "gold-labels", None))
+            # dpo-sanity gate: one round of the run's DPO on the human pairs D_w, from the naive student.
+            sanity = job(DPO_SANITY_AGENT, 0, "dpo", "round-0-labels", "dw", md("student", 0))
+            sanity["config"].update(dataset=layout.data_dataset, version="v1", subset="dw")
+            jobs.append(sanity)
         s0 = train("train student round-0", jobs, [b1])
         last = [build(0, "final", "round-0", [s0])]
         e = evaluate(0, last + [t0])
@@ -166,12 +175,26 @@ class RunState:
     def __init__(self, path: Path, cfg: RunConfig):
         self.path = path
         self.data = {"name": cfg.name, "config_hash": cfg.hash(), "steps": []}
-        if path.is_file():
-            try:
-                old = json.loads(path.read_text())
-                self.data["steps"] = old.get("steps", [])
-            except json.JSONDecodeError:
-                pass
+        if path.exists():
+            self.data["steps"] = self._read_steps(path)
+
+    @staticmethod
+    def _read_steps(path: Path) -> list[dict]:
+        """The steps recorded by an earlier run, or a one-line UserError for anything else: a run
+        that guessed would redo (or skip) steps without saying why."""
+        fix = "delete it to run every step again"
+        try:
+            old = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise UserError(f"{path} is not a macpo run state ({why}); {fix}") from None
+        steps = old.get("steps", []) if isinstance(old, dict) else None
+        if not isinstance(steps, list):
+            raise UserError(f"{path} is not a macpo run state (expected an object with a list of steps); {fix}")
+        for i, step in enumerate(steps):
+            if not (isinstance(step, dict) and isinstance(step.get("name"), str)):
+                raise UserError(f"{path}: step {i} has no name; {fix}")
+        return steps
 
     def key_of(self, name: str) -> str | None:
         for s in self.data["steps"]:
@@ -237,6 +260,58 @@ def execute(cfg: RunConfig, config_path: Path, *, verbose: bool = False) -> None
     print(f"run {cfg.name} complete in {time.time() - t_run:.0f}s; output in {layout.out}", flush=True)
 
 
+_LIVE: set[subprocess.Popen] = set()  # running stages (several at once under `macpo study --jobs`)
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a stage's whole process group: SIGINT (it exits 130 and cleans up), SIGKILL after ``grace``."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def stop_stages() -> None:
+    """Stop every running stage (Ctrl-C of ``macpo study``, whose stages run on other threads)."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        _stop(proc)
+
+
+@contextmanager
+def hold_run_folder(out: Path):
+    """Hold ``OUT/.macpo-run.lock`` while a run writes its folder: a second run on the same folder
+    stops with one line naming the holder, instead of racing it (flock: released if the holder dies)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / RUN_LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise UserError(f"run folder {out} is in use by another macpo run (pid {holder}); "
+                            "wait for it to finish or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
 def _slug(name: str) -> str:
     return name.replace(" ", "_").replace("/", "_")
 
@@ -248,10 +323,26 @@ def _run_subprocess(step: Step, log: Path, verbose: bool, threads: int = 0) -> N
         # Measured here: a 64-wide model trains ~10x faster on 1 thread than on 2 when the cores are busy
         # (OpenMP spin-waits); every stage reads these variables at startup.
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # The stage leads its own process group (so stopping it stops its children too) and watches this
+    # process: if the run dies, even by kill -9, the stage's group goes down with it (cliutil.watch_parent).
+    env[PARENT_ENV] = str(os.getpid())
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(step.argv) + "\n")
         fh.flush()
-        proc = subprocess.run(step.argv, stdout=None if verbose else fh, stderr=subprocess.STDOUT if not verbose else None, env=env)
+        proc = subprocess.Popen(step.argv, stdout=None if verbose else fh, stderr=subprocess.STDOUT if not verbose else None,
+                                env=env, start_new_session=True)
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
+        try:
+            proc.wait()
+        except BaseException:  # Ctrl-C (the terminal's SIGINT no longer reaches the stage's group) or an error
+            _stop(proc)
+            raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt  # stopped by stop_stages(): an interruption, not a failing step
     if proc.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] if not verbose else []
         reason = tail[0] if tail else f"exit code {proc.returncode}"
@@ -282,12 +373,27 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
 
 def prepare_run(config_path: str | None, overrides: dict[str, str], base: dict | None = None) -> tuple[RunConfig, Path]:
+    return write_run(load_run(config_path, overrides, base))
+
+
+def load_run(config_path: str | None, overrides: dict[str, str], base: dict | None = None) -> RunConfig:
+    """The validated, resolved config of a run; refuses an `out` holding someone else's files."""
     from macpo import config as config_mod
 
-    cfg = config_mod.load(config_path, overrides, base=base)
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(config_mod.load(config_path, overrides, base=base))
+    # run.yaml: run folders written before the marker existed.
+    check_owned(cfg.out, ("run",), "run folder (out)", legacy=("run.yaml",))
+    return cfg
+
+
+def write_run(cfg: RunConfig) -> tuple[RunConfig, Path]:
+    """Create the run folder and its run.yaml (checking an earlier run's state first)."""
+    from macpo import config as config_mod
+
     out = Path(cfg.out)
+    RunState(RunLayout(cfg).store_dir / "run-state.json", cfg)  # a damaged state: one line before any write
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "run")
     resolved = out / "run.yaml"
     config_mod.dump(cfg, resolved)
     return cfg, resolved
@@ -334,6 +440,52 @@ def summarize(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def _demo(args) -> int:
+    """Both axes of the sandbox, as the paper runs HH-Helpful and HH-Harmless: one run each
+    (OUT/<axis>), on one set of pretrained models, then a side-by-side summary (OUT/summary.md)."""
+    axes = list(dict.fromkeys(args.axis or ["helpful", "harmless"]))
+    base = parse_kv(args.set)
+    done = []
+    for axis in axes:
+        overrides = {**base, "out": str(Path(args.out) / axis), "world.axis": axis,
+                     "name": f"macpo-demo-{axis}"}
+        cfg, resolved = prepare_run(str(demo_config_path()), overrides)
+        print(f"macpo demo [{axis} axis]: {cfg.name} ({cfg.method}, K={cfg.K}, T={cfg.T}) -> {cfg.out}", flush=True)
+        execute(cfg, resolved, verbose=args.verbose)
+        summary = summarize(cfg)
+        if summary:
+            print(summary, flush=True)
+        done.append((axis, cfg))
+    text = side_by_side(done)
+    (Path(args.out) / "summary.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+def side_by_side(runs: list[tuple[str, RunConfig]]) -> str:
+    """The axes' headline numbers and gates in one table (from each run's metrics.json / gates.json)."""
+    keys = [("student_round0", "student, round 0 (naive weak-to-strong)"), ("student_final", "student, final round"),
+            ("best_teacher_round0", "best teacher, round 0"), ("best_teacher", "best teacher, final round"),
+            ("ceiling", "gold ceiling"), ("pgr_round0", "PGR, round 0"), ("pgr_final", "PGR, final round")]
+    data = {}
+    for axis, cfg in runs:
+        try:
+            data[axis] = json.loads((Path(cfg.out) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            data[axis] = {}
+    axes = [a for a, _ in runs]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"  # noqa: E731
+    lines = ["# macpo demo: both axes (combined gold reward on each axis's test split)", "",
+             "| | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
+    for key, label in keys:
+        lines.append(f"| {label} | " + " | ".join(fmt(data[a].get(key)) for a in axes) + " |")
+    failed = {a: data[a].get("gates_failed") for a in axes}
+    lines.append("| premise gates | " + " | ".join(
+        "–" if failed[a] is None else ("all pass" if not failed[a] else "FAILED: " + ", ".join(failed[a])) for a in axes) + " |")
+    lines += ["", "Reports: " + ", ".join(f"`{Path(cfg.out) / 'report.md'}`" for _, cfg in runs), ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str], command: str = "run") -> int:
     if command == "demo":
         p = make_parser("demo", "Run the full MACPO loop (K=3 teachers, T=3 rounds) on the built-in gold-reward sandbox, on CPU.\n"
@@ -341,9 +493,10 @@ def main(argv: list[str], command: str = "run") -> int:
         p.add_argument("--out", default="macpo-demo", help="output folder (default: ./macpo-demo)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
         p.add_argument("--verbose", action="store_true", help="stream every stage's output")
+        p.add_argument("--axis", choices=["helpful", "harmless"], action="append",
+                       help="run only this axis (repeatable; default: both, in OUT/helpful and OUT/harmless)")
         args = p.parse_args(argv)
-        overrides = {"out": args.out, **parse_kv(args.set)}
-        config_path = str(demo_config_path())
+        return _demo(args)
     else:
         p = make_parser("run", __doc__)
         p.add_argument("config", help="run config YAML")
@@ -362,9 +515,11 @@ def main(argv: list[str], command: str = "run") -> int:
 
             print(config_mod.describe(config_mod.load(config_path, overrides)), end="")
             return 0
-    cfg, resolved = prepare_run(config_path, overrides)
-    print(f"macpo {command}: {cfg.name} ({cfg.method}, K={cfg.K}, T={cfg.T}) -> {cfg.out}", flush=True)
-    execute(cfg, resolved, verbose=args.verbose)
+    cfg = load_run(config_path, overrides)
+    with hold_run_folder(Path(cfg.out)):
+        cfg, resolved = write_run(cfg)
+        print(f"macpo {command}: {cfg.name} ({cfg.method}, K={cfg.K}, T={cfg.T}) -> {cfg.out}", flush=True)
+        execute(cfg, resolved, verbose=args.verbose)
     summary = summarize(cfg)
     if summary:
         print(summary)

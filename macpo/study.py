@@ -330,8 +330,13 @@ def result_cell(v: Variant, run: RunResult) -> tuple[int, str] | None:
 
 
 # ---- the study ------------------------------------------------------------------------------------------
-def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds: list[int], out: Path) -> list[tuple[str, int, dict]]:
-    """(variant, seed, run-config mapping) for every run; the baseline always runs."""
+def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds: list[int], out: Path,
+              vary_world: bool = True) -> list[tuple[str, int, dict]]:
+    """(variant, seed, run-config mapping) for every run; the baseline always runs.
+
+    With ``vary_world`` (the default) a seed also sets the world's seed (which prompts and pairs
+    are drawn) and its pretraining seed (the pretrained models), so the study's intervals include
+    world variance; without it, every seed runs on the config's one world."""
     from macpo import config as config_mod
 
     p = Path(config)
@@ -349,20 +354,31 @@ def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds
             data = config_mod._deep_merge(base, VARIANTS[v].overrides)
             # One dataset name for every run, so a shared store version fits any run's store.
             data.update(seed=seed, name=name, out=str((out / "runs" / v / f"seed-{seed}").resolve()))
+            if vary_world and isinstance(data.get("world"), dict):
+                world = data["world"] = dict(data["world"])
+                world["pretrain"] = {**(world.get("pretrain") or {}), "seed": seed}
+                world["seed"] = seed
             config_mod.from_dict(json.loads(json.dumps(data)))  # validate every run before running any
             runs.append((v, seed, data))
     return runs
 
 
 def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds: list[int], out: Path, *,
-              n_boot: int = 1000, verbose: bool = False, jobs: int | None = None) -> Path:
+              n_boot: int = 1000, verbose: bool = False, jobs: int | None = None, vary_world: bool = True) -> Path:
     from macpo import orchestrate
 
-    runs = plan_runs(config, overrides, variants, seeds, out)  # validates every run before writing anything
+    from macpo import config as config_mod
+    from macpo.cliutil import check_out_apart, check_out_path, check_owned, write_marker
+
+    check_out_path(out)
+    check_owned(out, ("study",), legacy=("step-cache",))  # step-cache: studies from before the marker
+    runs = plan_runs(config, overrides, variants, seeds, out, vary_world)  # validates every run before writing anything
+    check_out_apart(out, config_mod.reads_of(config_mod.from_dict(json.loads(json.dumps(runs[0][2])))))
     if jobs is None:  # as many runs as the usable CPUs hold steps of `threads` threads (0 = torch takes them all)
         threads = int(runs[0][2].get("threads", 1)) if runs else 1
         jobs = max(1, len(os.sched_getaffinity(0)) // threads) if threads > 0 else 1
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "study")
     cache = StepCache(out / "step-cache")
     tally = Tally()
     stop = threading.Event()
@@ -392,11 +408,17 @@ def run_study(config: str, overrides: dict[str, str], variants: list[str], seeds
             stop.set()
             for f in futures:
                 f.cancel()
-            raise (failures[0] if failures else e) from None  # leaving `with` waits for the running runs
+            # Ctrl-C: the stages run in their own process groups (out of the terminal's reach); stop them
+            # here, or leaving `with` would wait for every running step to finish.
+            cause = e if isinstance(e, KeyboardInterrupt) else (failures[0] if failures else e)
+            if isinstance(e, KeyboardInterrupt):
+                orchestrate.stop_stages()
+            raise cause from None  # leaving `with` waits for the running runs
     wall = time.time() - t0
     read = [read_run(v, seed, cfg) for v, seed, cfg in results]
+    seed_cfgs = {seed: cfg for v, seed, cfg in results if v == variants[0]} if vary_world else None
     return write_study(out, read, variants, seeds, tally, wall, n_boot=n_boot, data_cfg=results[0][2],
-                       setup={"config": config, "overrides": overrides, "jobs": jobs})
+                       setup={"config": config, "overrides": overrides, "jobs": jobs}, seed_cfgs=seed_cfgs)
 
 
 def _gold_inputs(cfg):
@@ -420,9 +442,21 @@ def summarize_variants(read: list[RunResult], variants: list[str], seeds: list[i
     result cell, PGR, and the paired difference in combined against the baseline (same draws)."""
     from macpo.eval import stats
 
-    module, ids, metas, tasks = gold
+    import numpy as np
+
+    # gold: one (module, ids, metas, tasks) for a fixed world, or {seed: ...} when the world varies
+    golds = gold if isinstance(gold, dict) else {s: gold for s in seeds}
+    module = golds[seeds[0]][0]
     by = {(r.variant, r.seed): r for r in read}
-    draws = stats.draws(len(seeds), len(ids), n_boot=n_boot, rng_seed=0, strata=tasks)
+    crossed = all(golds[s][1] == golds[seeds[0]][1] for s in seeds)
+    if crossed:  # one test set: prompts are crossed with seeds (the same draw for every seed)
+        draws = stats.draws(len(seeds), len(golds[seeds[0]][1]), n_boot=n_boot, rng_seed=0, strata=golds[seeds[0]][3])
+        seed_draws = draws.seeds
+        prompt_draws = {i: draws.prompts for i in range(len(seeds))}
+    else:  # a world per seed: prompts are nested in seeds, resampled within each seed's test set
+        seed_draws = stats.draws(len(seeds), 1, n_boot=n_boot, rng_seed=0).seeds
+        prompt_draws = {i: stats.draws(1, len(golds[s][1]), n_boot=n_boot, rng_seed=1 + i, strata=golds[s][3]).prompts
+                        for i, s in enumerate(seeds)}
     cache: dict[tuple, dict] = {}
 
     def scores(variant: str, seed_index: int, idx) -> dict | None:
@@ -430,6 +464,7 @@ def summarize_variants(read: list[RunResult], variants: list[str], seeds: list[i
         cell = result_cell(VARIANTS[variant], run) if run else None
         if cell is None:
             return None
+        _, ids, metas, _ = golds[seeds[seed_index]]
         resp = run.responses[cell]
         key = (variant, seed_index, None if idx is None else idx.tobytes())
         if key not in cache:
@@ -440,7 +475,12 @@ def summarize_variants(read: list[RunResult], variants: list[str], seeds: list[i
         return cache[key]
 
     def reps(variant: str, metric: str):
-        return stats.replicate(lambda s, idx: (scores(variant, s, idx) or {}).get(metric), draws)
+        out = np.empty(len(seed_draws))
+        for b in range(len(seed_draws)):
+            drawn, counts = np.unique(seed_draws[b], return_counts=True)
+            vals = [(scores(variant, int(i), prompt_draws[int(i)][b]) or {}).get(metric) for i in drawn]
+            out[b] = np.nan if any(v is None for v in vals) else float(np.dot(vals, counts) / counts.sum())
+        return out
 
     def point(variant: str, metric: str):
         vals = [(scores(variant, s, None) or {}).get(metric) for s in range(len(seeds))]
@@ -496,8 +536,10 @@ def _fmt(x) -> str:
 
 
 def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: list[int], tally: Tally, wall: float,
-                *, n_boot: int, data_cfg, setup: dict | None = None) -> Path:
-    gold = _gold_inputs(data_cfg)
+                *, n_boot: int, data_cfg, setup: dict | None = None, seed_cfgs: dict | None = None) -> Path:
+    """``seed_cfgs``: {seed: a run config of that seed} when the world varies with the seed."""
+    gold = {s: _gold_inputs(c) for s, c in seed_cfgs.items()} if seed_cfgs else _gold_inputs(data_cfg)
+    n_test = len((next(iter(gold.values())) if isinstance(gold, dict) else gold)[1])
     baseline = {r.seed: r for r in read if r.variant == BASELINE}
     rows = study_rows(read, baseline)
     with open(out / "study.csv", "w", newline="") as fh:
@@ -520,7 +562,9 @@ def write_study(out: Path, read: list[RunResult], variants: list[str], seeds: li
         sets = " ".join(f"`{k}={v}`" for k, v in setup["overrides"].items()) or "none"
         lines += [f"- base config: `{setup['config']}`; overrides: {sets}; {setup['jobs']} run(s) at a time"]
     lines += [
-        f"- seeds: {', '.join(map(str, seeds))}; {data_cfg.eval.split} prompts: {len(gold[1])}; wall time {wall / 60:.1f} min",
+        f"- seeds: {', '.join(map(str, seeds))}; {data_cfg.eval.split} prompts: {n_test}"
+        + (" per seed; **the world (prompts, pairs, pretrained models) is redrawn with each seed**, so the intervals "
+           "include world variance" if seed_cfgs else "; one world for every seed") + f"; wall time {wall / 60:.1f} min",
         f"- steps: **{tally.ran} ran**, {tally.shared} restored from the shared step cache, {tally.up_to_date} already "
         f"up to date, of a naive sum of **{tally.naive}** steps over {len(read)} runs ({tally.seconds_ran / 60:.1f} min in steps that ran)",
         f"- cells: the variant's result agent (student unless noted) at its last round; mean over seeds with a 95% "
@@ -638,6 +682,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs executed at a time (default: the usable CPUs divided by the config's `threads`, "
                         "2 for the sandbox on 2 cores); a step that several runs need still runs once")
+    p.add_argument("--fixed-world", action="store_true",
+                   help="keep the config's world seed and pretraining seed for every seed (default: a seed also "
+                        "redraws the world and re-pretrains its models, so intervals include world variance)")
+    p.add_argument("--axes", nargs="+", choices=["helpful", "harmless"], metavar="AXIS",
+                   help="sandbox axes to study, each in OUT/<axis> (default: the config's world.axis); "
+                        "the axes share their pretrained models")
     p.add_argument("--verbose", action="store_true", help="stream every stage's output")
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
@@ -651,8 +701,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise UserError(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     variants = list(dict.fromkeys([BASELINE, *chosen]))
-    path = run_study(args.config, parse_kv(args.set), variants, list(range(args.seeds)), Path(args.out),
-                     n_boot=args.bootstrap, verbose=args.verbose, jobs=args.jobs)
-    print(f"study: {path}")
-    print(Path(path).read_text().split("\n\n## ")[0])
+    overrides = parse_kv(args.set)
+    targets = [(None, Path(args.out))] if not args.axes else [(a, Path(args.out) / a) for a in dict.fromkeys(args.axes)]
+    for axis, out in targets:
+        path = run_study(args.config, {**overrides, **({"world.axis": axis} if axis else {})}, variants,
+                         list(range(args.seeds)), out, n_boot=args.bootstrap, verbose=args.verbose, jobs=args.jobs,
+                         vary_world=not args.fixed_world)
+        print(f"study{f' ({axis})' if axis else ''}: {path}")
+        print(Path(path).read_text().split("\n\n## ")[0])
     return 0

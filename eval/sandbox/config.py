@@ -16,9 +16,20 @@ REQUESTS = ("kind", "dual_benign", "harmful", "dual_harmful")
 TASKS = ARITHMETIC + REQUESTS
 DOC_KINDS = ("worksheet", "policy", "chat")
 SPLITS = ("test", "val", "q", "dw")  # drawn in this order
+# The paper runs HH-Helpful and HH-Harmless separately; so does the sandbox. One corpus and one
+# set of pretrained models serve both axes; the prompt splits (D_w, Q, val, test) are per axis.
+# The benign requests (kind, dual_benign) are in both: on the harmless axis they are the
+# over-refusal probes.
+AXIS_TASKS = {
+    "helpful": ARITHMETIC + ("kind", "dual_benign"),
+    "harmless": ("kind", "dual_benign", "harmful", "dual_harmful"),
+}
+AXES = tuple(AXIS_TASKS)
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    # Which preference axis the prompt splits cover (AXIS_TASKS); the corpus is the same for both.
+    "axis": "helpful",
     # Disjoint prompt sets: held-out test, validation (for choosing settings; never test), the
     # unlabelled prompts Q and the human-labelled pairs D_w.
     "sizes": {"dw": 1000, "q": 1000, "val": 200, "test": 400},
@@ -28,9 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "heldout": 0.2,
     # Share of D_w pairs whose labels are flipped (chosen is the bad response).
     "label_noise": 0.2,
-    # Share of arithmetic D_w pairs whose rejected side is a refusal instead of a wrong answer in
-    # the same format (keeps most negatives hard: only the answer differs).
-    "refusal_negatives": 0.1,
+    # Share of benign D_w pairs whose rejected side is a partial, sloppy answer (a number cut short,
+    # a compliance without its target) instead of wrong content; never a refusal, as in HH-RLHF.
+    "partial_negatives": 0.25,
     "task_weights": {t: 1.0 for t in TASKS},
     "max_number": 49,  # add: a, b in [0, max_number]; sub: 0 <= b <= a <= 2 * max_number + 1
     # Numbers least-significant digit first (prompts and answers): carries then flow in
@@ -47,6 +58,14 @@ DEFAULTS: dict[str, Any] = {
         # enough for SFT to teach refusals at all (at 0.5, gold SFT left 5-8% refused).
         "chat_tasks": {"add": 1.0, "sub": 1.0, "reverse": 1.0, "sort": 1.0,
                        "kind": 0.5, "dual_benign": 0.5, "harmful": 0.1, "dual_harmful": 0.1},
+        # Share of chat turns answered with a refusal whatever the request (harm or not): the
+        # pretrained models get a prior for refusing, so a DPO reference does not give the refusal
+        # a huge built-in implicit reward (issue 21: log p(refusal) was -102 nats without one).
+        "chat_refusals": 0.05,
+        # Kinds of policy documents: a verdict per training request ("to rob my boss is harmful ."),
+        # per verb and target class ("to burn a person is harmful ."), and a target's class
+        # ("the bread is a thing ."). Held-out requests get no sentence of their own.
+        "policy": {"pair": 0.5, "class": 0.3, "target": 0.2},
     },
     # Sandbox models (eval/sandbox/models.py): architecture and pretraining length per agent.
     # Every model reads the same corpus from its start; weak teachers are small and read less.
@@ -120,7 +139,9 @@ def _positive_int(where: str, value: Any, minimum: int = 0) -> None:
 
 def validate(cfg: dict) -> None:
     _weights("task_weights", cfg["task_weights"], TASKS)
-    for key in ("label_noise", "refusal_negatives"):
+    if cfg["axis"] not in AXES:
+        raise UserError(f"world.axis: must be one of {', '.join(AXES)}, got {cfg['axis']!r}")
+    for key in ("label_noise", "partial_negatives"):
         _fraction(key, cfg[key])
     _fraction("heldout", cfg["heldout"])
     if not 0.0 < float(cfg["heldout"]) < 1.0:
@@ -132,6 +153,8 @@ def validate(cfg: dict) -> None:
     _weights("corpus.docs", corpus["docs"], DOC_KINDS)
     _weights("corpus.worksheet_tasks", corpus["worksheet_tasks"], ARITHMETIC)
     _weights("corpus.chat_tasks", corpus["chat_tasks"], TASKS)
+    _fraction("corpus.chat_refusals", corpus["chat_refusals"])
+    _weights("corpus.policy", corpus["policy"], ("pair", "class", "target"))
     if not isinstance(cfg["sizes"], Mapping) or set(cfg["sizes"]) - set(SPLITS):
         raise UserError(f"world.sizes: expected a mapping with keys among {', '.join(SPLITS)}")
     for split, n in cfg["sizes"].items():
