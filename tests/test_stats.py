@@ -12,7 +12,10 @@ def test_pgr_is_the_share_of_the_gap_recovered():
     assert stats.pgr(0.4, 0.5, 0.9) == pytest.approx(-0.25)  # worse than the weak teacher
     assert stats.pgr(0.7, 0.5, 0.5) is None  # no gap: undefined, not infinite
     assert stats.pgr(0.7, None, 0.9) is None and stats.pgr(None, 0.5, 0.9) is None
-    assert stats.pgr(0.6, 0.5, 0.4) == pytest.approx(-1.0)  # inverted premise keeps its sign
+    # Under a 0.05 gap (an inverted premise included) the ratio is noise over noise: empty, flagged.
+    assert stats.pgr(0.60, 0.70, 0.65) is None and stats.pgr(0.6, 0.5, 0.4) is None
+    assert stats.pgr(0.6, 0.5, 0.549) is None and stats.pgr(0.6, 0.5, 0.55) == pytest.approx(2.0)
+    assert stats.pgr_note(0.70, 0.65).startswith("gap too small") and stats.pgr_note(0.5, 0.9) is None
 
 
 def test_stratified_draws_keep_the_task_mix():
