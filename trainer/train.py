@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from macpo.cliutil import OUTPUT_MARKER, check_out_apart, check_out_path, marked_by, write_marker
 from macpo.errors import UserError
 from macpo.trainer.data import Prepared, load_source, to_trl_dataset
 from macpo.trainer.modeling import Policy, adapter_info, check_model_path, load_policy, load_tokenizer, resolve_precision, use_cpu
@@ -168,8 +169,7 @@ def run_training(cfg: TrainConfig) -> dict:
     """Train one agent and write ``cfg.out``; returns the metrics written to metrics.json."""
     validate(cfg)
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise UserError(f"--out {out} already exists (pass --overwrite to replace it)")
+    check_out(cfg)
     data = load_data(cfg)
     check_model_path(cfg)
     state = process_state(cfg)
@@ -193,6 +193,7 @@ def run_training(cfg: TrainConfig) -> dict:
             _write_json(tmp / "metrics.json", metrics)
             _write_json(tmp / "train_config.json", cfg.to_dict())
             write_model_card(tmp, cfg, metrics)
+            write_marker(tmp, "train")
             _publish(tmp, out)
         state.wait_for_everyone()
     except BaseException:
@@ -200,6 +201,23 @@ def run_training(cfg: TrainConfig) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metrics
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """``--out`` can be written and replaces nothing it must not: never the data, model or adapter
+    being read (nor a folder around or inside them), and with --overwrite only an earlier output
+    of ``macpo train`` (its marker file), never a folder of someone else's files."""
+    out = Path(cfg.out)
+    check_out_path(out)
+    check_out_apart(out, [("the store (--data)", cfg.data), ("the model (--model)", cfg.model),
+                          ("the adapter (--adapter)", cfg.adapter), ("the reference model (--ref-model)", cfg.ref_model)])
+    if not out.exists():
+        return
+    if not cfg.overwrite:
+        raise UserError(f"--out {out} already exists (pass --overwrite to replace it)")
+    if any(out.iterdir()) and not marked_by(out, ("train",)):
+        raise UserError(f"--out {out} holds files macpo train did not write (no {OUTPUT_MARKER}); "
+                        "--overwrite replaces only an earlier macpo train output")
 
 
 def _save_model(session: Session, tmp: Path, state) -> str:

@@ -119,6 +119,12 @@ def check_values(cfg: TrainConfig, where: str = "") -> TrainConfig:
 def _check_values(cfg: TrainConfig) -> None:
     if cfg.loss not in LOSSES:
         raise UserError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    import math
+
+    for f in dataclasses.fields(cfg):  # nan passes every `> 0` below as False, inf passes them as True
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
     checks = [
         (cfg.batch_size >= 1, "--batch-size must be >= 1"),
         (cfg.grad_accum >= 1, "--grad-accum must be >= 1"),
@@ -176,12 +182,7 @@ def parse_args(argv: list[str]) -> TrainConfig:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise UserError("--config needs a YAML file path")
-        path = argv[i + 1]
-        import os
-
-        if not os.path.isfile(path):
-            raise UserError(f"config file {path} does not exist")
-        _check_yaml(path)
+        _check_yaml(argv[i + 1])
     parser = _parser()
     try:
         (cfg,) = parser.parse_args_and_config(argv)
@@ -192,12 +193,12 @@ def parse_args(argv: list[str]) -> TrainConfig:
 
 def _check_yaml(path: str) -> None:
     """Refuse unknown keys up front with the field names, instead of TrlParser's generic message."""
-    import yaml
+    from pathlib import Path
 
-    try:
-        data = yaml.safe_load(open(path)) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    from macpo.config import load_yaml, read_config_text
+
+    # The run config's checks (a regular UTF-8 file, no YAML aliases) before TrlParser reads it again.
+    data = load_yaml(read_config_text(Path(path)), path) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of option -> value")
     names = {f.name for f in dataclasses.fields(TrainConfig)} | {"env"}
