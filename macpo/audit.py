@@ -50,18 +50,34 @@ def available_audits(extra_dirs: list[Path] | None = None) -> dict[str, Audit]:
             audits[entry.name[:-4]] = Audit(entry.name[:-4], entry.read_text())
     for folder in extra_dirs or []:
         for path in sorted(Path(folder).glob("*.sql")):
-            audits[path.stem] = Audit(path.stem, path.read_text())
+            if not path.is_file():  # a folder named x.sql is no audit
+                continue
+            try:
+                audits[path.stem] = Audit(path.stem, path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise UserError(f"audit file {path} is not UTF-8 text (byte {exc.start}); fix or remove it") from None
+            except OSError as exc:
+                raise UserError(f"cannot read audit file {path}: {exc.strerror}") from None
     return audits
 
 
 def index_missing_facts(sources) -> None:
     """Write the per-row facts of versions stored before facts existed (or by another DuckDB),
-    once, so this and later audits read narrow columns instead of the text."""
+    once, so this and later audits read narrow columns instead of the text. Stored facts are
+    used only when every shard's sha256 matches ``facts.json``; others are rebuilt (with a note),
+    or, in a store that cannot be written, computed from the text."""
     import pyarrow as pa
 
-    from macpo.facts import ensure_facts, fact_files
+    from macpo.facts import WRITE_ERRNOS, check_facts, ensure_facts
 
-    missing = [src for src in sources if fact_files(src.root, src.manifest) is None]
+    missing = []
+    for src in sources:
+        paths, problem = check_facts(src.root, src.manifest, hash_files=True)
+        if problem:
+            print(f"macpo audit: note: {src.dataset}/{src.version}: its facts do not match ({problem}); "
+                  "rebuilding them from the data", file=sys.stderr)
+        if paths is None:
+            missing.append(src)
     if not missing:
         return
     from tqdm.auto import tqdm
@@ -71,16 +87,42 @@ def index_missing_facts(sources) -> None:
         for src in missing:
             try:
                 ensure_facts(src.root, src.manifest, progress=lambda: bar.update(1))
-            except PermissionError as exc:  # a read-only store: the audits compute the facts from the text
+            except OSError as exc:
+                if exc.errno not in WRITE_ERRNOS:
+                    raise UserError(f"{src.dataset}/{src.version}: cannot read its data ({str(exc).splitlines()[0][:200]}); "
+                                    f"run `macpo status --verify`") from None
+                # A read-only or full store: the audits compute the facts from the text.
+                src.use_facts = False
                 print(f"macpo audit: note: cannot index {src.dataset}/{src.version} ({exc.strerror}); auditing from the text", file=sys.stderr)
-            except (OSError, pa.ArrowException) as exc:  # the data itself does not read back
+            except pa.ArrowException as exc:  # the data itself does not read back
                 raise UserError(f"{src.dataset}/{src.version}: cannot read its data ({str(exc).splitlines()[0][:200]}); "
                                 f"run `macpo status --verify`") from None
 
 
-def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -> list[AuditResult]:
+def _count(name: str, value) -> int:
+    """An audit's ``count`` as an int: NULL is 0; a whole number from 0 to 2**63-1 (an integral
+    float or decimal too); anything else (text, NaN, a fraction, an overflow) is one line."""
+    import decimal
+    import math
+
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        whole = value
+    elif isinstance(value, (float, decimal.Decimal)) and math.isfinite(value) and value == int(value):
+        whole = int(value)
+    else:
+        whole = None
+    if whole is None or not 0 <= whole < 2**63:
+        from macpo.sql import escape_text
+
+        raise UserError(f"audit {name} returned count {escape_text(repr(value))[:80]}; it must be a whole number from 0 to 2**63-1")
+    return whole
+
+
+def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, memory_limit=None, threads=None) -> list[AuditResult]:
     """Run audits over ``store`` (a Store), optionally restricted to one dataset/version."""
-    from macpo.sql import check_read_only, connect, store_sources
+    from macpo.sql import check_read_only, connect, first_row, store_sources
 
     dirs = list(extra_dirs or [])
     if (store.root / ".audits").is_dir():
@@ -94,21 +136,25 @@ def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None) -
         store.resolve(dataset, version)
     sources = store_sources(store, dataset, version)
     index_missing_facts(sources)
-    con = connect(sources)
+    con = connect(sources, memory_limit=memory_limit, threads=threads)
     results = []
-    for name in selected:
-        audit = audits[name]
-        statements = check_read_only(con, audit.sql)
-        try:
-            rel = con.execute(statements[-1].query)
-            cols = [d[0] for d in rel.description]
-            row = dict(zip(cols, rel.fetchone() or ()))
-        except Exception as exc:  # a user-written audit with a SQL error
-            raise UserError(f"audit {name} failed: {str(exc).splitlines()[0]}") from None
-        missing = {"count", "verdict"} - set(row)
-        if missing:
-            raise UserError(f"audit {name} must return columns count and verdict (missing: {', '.join(sorted(missing))})")
-        results.append(AuditResult(name, int(row["count"] or 0), str(row["verdict"]), str(row.get("detail") or ""), audit.description))
+    try:  # closed on the way out, Ctrl-C included: no DuckDB work left running at exit
+        for name in selected:
+            audit = audits[name]
+            statements = check_read_only(con, audit.sql)
+            try:  # in a worker thread, so Ctrl-C stops a long user audit at once
+                cols, first = first_row(con, statements[-1].query)
+            except UserError as exc:  # a user-written audit with a SQL error
+                raise UserError(f"audit {name} failed: {str(exc).removeprefix('query failed: ')}") from None
+            if first is None:
+                raise UserError(f"audit {name} returned no row; it must return one row with columns count and verdict")
+            row = dict(zip(cols, first))
+            missing = {"count", "verdict"} - set(row)
+            if missing:
+                raise UserError(f"audit {name} must return columns count and verdict (missing: {', '.join(sorted(missing))})")
+            results.append(AuditResult(name, _count(name, row["count"]), str(row["verdict"]), str(row.get("detail") or ""), audit.description))
+    finally:
+        con.close()
     return results
 
 
@@ -122,6 +168,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--list", action="store_true", help="list available audits and exit")
     p.add_argument("--strict", action="store_true", help="exit 1 when any audit fails")
+    from macpo.sql import add_resource_flags, resource_args
+
+    add_resource_flags(p)
     args = p.parse_args(argv)
     if args.version and not args.dataset:
         raise UserError("--version needs --dataset")
@@ -132,7 +181,7 @@ def main(argv: list[str]) -> int:
         for a in available_audits(args.audits_dir + ([store.root / ".audits"] if (store.root / ".audits").is_dir() else [])).values():
             print(f"{a.name:<24} {a.description}")
         return 0
-    results = run_audits(store, args.dataset, args.version, args.names, args.audits_dir)
+    results = run_audits(store, args.dataset, args.version, args.names, args.audits_dir, **resource_args(args))
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
     else:

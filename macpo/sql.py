@@ -17,8 +17,14 @@ Read-only is enforced by DuckDB itself, not by keyword matching:
 - the committed files themselves are read-only on disk (macpo/store.py).
 
 Results stream in batches; ``--max-rows`` and ``--timeout`` bound a query at the terminal,
-and Ctrl-C stops a running query (exit 130). ``--format json`` is strict JSON: NaN and
-infinities become null, blobs base64.
+``--memory-limit`` (default a quarter of RAM) and ``--threads`` bound DuckDB, and Ctrl-C
+stops a running query (exit 130). Data files are read by exact path: a folder named ``h?``
+never reads ``hx``.
+
+Output: ``--format table`` escapes control characters (ESC shows as ``\\x1b``, a newline as
+``\\n``), so data cannot drive the terminal; ``csv`` and ``json`` carry values exactly.
+``--format json`` is strict JSON: NaN and infinities become null, blobs base64, and duplicate
+column names get DuckDB's suffixes (``SELECT 1 AS a, 2 AS a`` gives ``{"a": 1, "a_1": 2}``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class VersionSource:
     version: str
     root: Path  # folder holding manifest.json
     manifest: dict
+    # False when the stored facts failed verification and could not be rebuilt (an audit in a
+    # read-only store): the *_facts views then compute them from the text.
+    use_facts: bool = True
 
 
 def store_sources(store, dataset: str | None = None, version: str | None = None) -> list[VersionSource]:
@@ -99,6 +108,51 @@ def snapshot_sources(folder: Path, dataset: str) -> list[VersionSource]:
 
 def _q(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
+
+
+_GLOB_CHARS = "*?["
+
+
+def _duck_path(path: Path) -> tuple[str, str]:
+    """``(file, pattern)`` of one file a view reads: its resolved path, and that path as a
+    DuckDB glob matching exactly it. DuckDB globs every path it is given, so a folder named
+    ``h?`` would also read ``hx``; each ``*``, ``?`` and ``[`` becomes a one-character class
+    (``[?]``). The sandbox allows both strings: DuckDB checks the pattern, then each file it
+    matched. DuckDB's glob takes a backslash for a separator, so a name holding both a
+    backslash and a glob character cannot be escaped and is refused, as is a name that is not
+    UTF-8 (surrogate escapes cannot reach DuckDB)."""
+    real = str(path.resolve())
+    try:
+        real.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{os.fsencode(real)!r}: the path is not UTF-8; rename it") from None
+    if not any(c in real for c in _GLOB_CHARS):
+        return real, real
+    if "\\" in real:
+        raise UserError(f"{real!r}: a path with both a backslash and one of * ? [ cannot be read exactly; rename it")
+    return real, "".join(f"[{c}]" if c in _GLOB_CHARS else c for c in real)
+
+
+def duck_error(exc: BaseException, limit: int = 600) -> str:
+    """DuckDB's error as one line: its whole first paragraph (``Binder Error: ... not found!``
+    plus the ``Candidate bindings`` line), without the ``LINE 1:`` excerpt that follows the
+    blank line; control characters from the data escaped."""
+    text = str(exc).split("\n\n", 1)[0]
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    text = escape_text(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# C0/C1 controls and DEL, plus the bidirectional overrides and isolates (they reorder what a
+# terminal shows): escaped in terminal output, never interpreted.
+_UNSAFE = {c for c in range(0x20)} | {0x7F} | set(range(0x80, 0xA0)) | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+_ESCAPES = {ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+_TRANSLATE = {c: _ESCAPES.get(c, f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
+
+
+def escape_text(text: str) -> str:
+    """``text`` safe to print on a terminal: ESC shows as ``\\x1b``, a newline as ``\\n``."""
+    return text.translate(_TRANSLATE)
 
 
 def _text_columns(kind: str) -> str:
@@ -162,7 +216,7 @@ def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Pa
     """SELECT of one subset's ``KIND_facts`` rows: the stored facts shards side by side with the
     data shards' scalar columns when valid, else the same facts computed from the text."""
     if not stored:
-        files = "read_parquet([" + ", ".join(_q(d.resolve()) for d in data_files) + "])"
+        files = "read_parquet([" + ", ".join(_q(_duck_path(d)[1]) for d in data_files) + "])"
         return _facts_select(kind, label, f"(SELECT {_columns(kind, present)} FROM {files})")
     scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
     names = ", ".join(name for name, _ in fact_expressions(kind))
@@ -170,10 +224,77 @@ def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Pa
     # POSITIONAL JOIN pairs row i of a data shard with row i of its facts shard; DuckDB still
     # reads only the columns a query uses from either side.
     return " UNION ALL ".join(
-        f"SELECT {label}, {scalars}, {names} FROM (SELECT {inner} FROM read_parquet({_q(d.resolve())})) "
-        f"POSITIONAL JOIN read_parquet({_q(f.resolve())})"
+        f"SELECT {label}, {scalars}, {names} FROM (SELECT {inner} FROM read_parquet({_q(_duck_path(d)[1])})) "
+        f"POSITIONAL JOIN read_parquet({_q(_duck_path(f)[1])})"
         for d, f in zip(data_files, stored)
     )
+
+
+# ---- resources -------------------------------------------------------------------------------
+# Without a limit DuckDB takes 80% of RAM: a cross join that prints 1000 rows peaked at 8.5 GB.
+DEFAULT_MEMORY_SHARE = 0.25
+# DuckDB's memory_limit governs its buffer manager only; the interpreter, Arrow and DuckDB's
+# own small allocations come on top (~0.2 GB measured on a cross join), so DuckDB gets this
+# share of the process limit, minus what the process already holds.
+DUCKDB_SHARE = 0.8
+MIN_DUCKDB_BYTES = 32 * 2**20
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def physical_memory() -> int:
+    """Bytes of RAM this process may use: the machine's, or its cgroup's limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            total = min(total, int(value))
+    return total
+
+
+def default_memory_limit() -> int:
+    return int(physical_memory() * DEFAULT_MEMORY_SHARE)
+
+
+def parse_size(text: str, flag: str = "--memory-limit") -> int:
+    """``4GB``, ``512MiB``, ``25%`` (of RAM) or plain bytes -> bytes; anything else is one line."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(%|[kmgt]i?b|b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UserError(f"{flag} {text!r}: give a size like 4GB, 512MiB or 25% (of RAM)")
+    number, unit = float(m.group(1)), (m.group(2) or "").lower()
+    value = physical_memory() * number / 100 if unit == "%" else number * _UNITS[unit]
+    if not math.isfinite(value) or value <= 0 or (unit == "%" and number > 100):
+        raise UserError(f"{flag} {text!r}: must be more than 0 and at most 100%")
+    return int(value)
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def duckdb_memory_limit(process_limit: int) -> int:
+    """DuckDB's ``memory_limit`` for a process that should stay under ``process_limit`` bytes."""
+    held = _resident_bytes()
+    duck = int(process_limit * DUCKDB_SHARE) - held
+    if duck < MIN_DUCKDB_BYTES:
+        raise UserError(f"--memory-limit {process_limit / 1e6:.0f}MB leaves DuckDB no room: this process "
+                        f"already holds {held / 1e6:.0f}MB; give at least {(held + MIN_DUCKDB_BYTES) / DUCKDB_SHARE / 1e6:.0f}MB")
+    return duck
 
 
 def _private_temp_dir() -> Path:
@@ -214,7 +335,8 @@ def _leave_interrupted() -> None:
 
 
 def _lock_down(con, files: list[str], temp_dir: Path) -> None:
-    """Sandbox ``con`` to ``files`` and ``temp_dir``, lock it, and check what DuckDB reports."""
+    """Sandbox ``con`` to ``files`` (each a file and its exact glob, ``_duck_path``) and
+    ``temp_dir``, lock it, and check what DuckDB reports."""
     con.execute(f"SET temp_directory={_q(temp_dir)}")
     con.execute("SET allowed_directories=[]")
     con.execute("SET allowed_paths=[" + ", ".join(_q(f) for f in files) + "]")
@@ -234,17 +356,21 @@ def _lock_down(con, files: list[str], temp_dir: Path) -> None:
                            f"{len(extra_paths)} unexpected paths, external access {external}, locked {locked}")
 
 
-def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None):
+def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None,
+            memory_limit: int | None = None, threads: int | None = None):
     """A sandboxed, read-only DuckDB connection with the views over ``sources``.
 
     The connection can open the data (and facts) files of ``sources`` and nothing else;
     ``allowed_dirs`` is accepted for compatibility and ignored: whole folders are too wide,
-    since a folder that can be read can also be written (``COPY ... TO``).
+    since a folder that can be read can also be written (``COPY ... TO``). ``memory_limit``
+    (bytes; default :func:`default_memory_limit`) bounds the whole process, ``threads``
+    (default: the usable CPUs) DuckDB's workers; both are locked with the sandbox.
     """
     import duckdb
     import pyarrow as pa
 
-    con = duckdb.connect(config={"threads": 2})
+    con = duckdb.connect(config={"threads": threads or usable_cpus(),
+                                 "memory_limit": f"{duckdb_memory_limit(memory_limit or default_memory_limit())}B"})
     per_kind: dict[str, list[str]] = {k: [] for k in KINDS}
     per_kind_facts: dict[str, list[str]] = {k: [] for k in KINDS}
     dataset_rows, subset_rows = [], []
@@ -258,12 +384,12 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
             f"{len(m['subsets'])} AS n_subsets, {sum(s['rows'] for s in m['subsets'].values())}::BIGINT AS n_rows, "
             f"{_q(m.get('created_at', ''))} AS created_at"
         )
-        stored_facts = fact_files(src.root, m)
+        stored_facts = fact_files(src.root, m) if src.use_facts else None
         for subset, entry in m["subsets"].items():
             kind = entry["kind"]
-            data = [str((src.root / f).resolve()) for f in entry["files"]]
-            opened += data
-            files = "[" + ", ".join(_q(d) for d in data) + "]"
+            data = [_duck_path(src.root / f) for f in entry["files"]]
+            opened += [name for pair in data for name in pair]
+            files = "[" + ", ".join(_q(pattern) for _, pattern in data) + "]"
             label = f"{_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset"
             try:
                 present = _present_columns(src.root / entry["files"][0])
@@ -273,7 +399,7 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
             per_kind.setdefault(kind, []).append(f"SELECT {label}, {_columns(kind, present)}{_text_columns(kind)} FROM read_parquet({files})")
             facts = stored_facts and stored_facts[subset]
             if facts:
-                opened += [str(f.resolve()) for f in facts]
+                opened += [name for f in facts for name in _duck_path(f)]
             per_kind_facts.setdefault(kind, []).append(_facts_source(kind, label, [src.root / f for f in entry["files"]], facts, present))
             subset_rows.append(
                 f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset, "
@@ -292,7 +418,10 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
         "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS content_hash, NULL::VARCHAR AS parent_hash, "
         "NULL::VARCHAR AS config_hash, 0 AS n_subsets, 0::BIGINT AS n_rows, NULL::VARCHAR AS created_at WHERE false"
     )
-    con.execute(f"CREATE VIEW datasets AS {' UNION ALL '.join(dataset_rows) or empty_ds}")
+    try:  # a manifest's row counts can add up past BIGINT
+        con.execute(f"CREATE VIEW datasets AS {' UNION ALL '.join(dataset_rows) or empty_ds}")
+    except duckdb.Error as exc:
+        raise UserError(f"the store's manifests do not make a datasets table: {duck_error(exc)}") from None
     empty_sub = (
         "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset, NULL::VARCHAR AS kind, "
         "0::BIGINT AS n_rows, NULL::VARCHAR AS content_hash WHERE false"
@@ -318,8 +447,8 @@ def _unreadable(sources: list[VersionSource], exc: Exception) -> str:
                     pq.read_schema(src.root / rel)
                 except (OSError, pa.ArrowException):
                     return (f"{src.dataset}/{src.version}: {rel} does not read as Parquet "
-                            f"({str(exc).splitlines()[0][:160]}); run `macpo status --verify`")
-    return f"cannot read the store's data: {str(exc).splitlines()[0][:200]}"
+                            f"({duck_error(exc, 200)}); run `macpo status --verify`")
+    return f"cannot read the store's data: {duck_error(exc)}"
 
 
 def _explained(con, text: str):
@@ -354,7 +483,7 @@ def check_read_only(con, sql: str):
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise UserError(f"SQL does not parse: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"SQL does not parse: {duck_error(exc)}") from None
     if not statements:
         raise UserError("no SQL statement given")
     for st in statements:
@@ -363,7 +492,7 @@ def check_read_only(con, sql: str):
             try:
                 inner = _explained(con, st.query)
             except duckdb.Error as exc:
-                raise UserError(f"SQL does not parse: {str(exc).splitlines()[0]}") from None
+                raise UserError(f"SQL does not parse: {duck_error(exc)}") from None
             if len(inner) != 1 or inner[0].type.name != "SELECT":
                 shown = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
                 raise UserError(f"refused: EXPLAIN of {shown}; macpo sql is read-only (EXPLAIN only over a SELECT)")
@@ -429,7 +558,7 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
             if what == "error":
                 worker.join()
                 if isinstance(payload, duckdb.Error):
-                    raise UserError(f"query failed: {str(payload).splitlines()[0]}") from None
+                    raise UserError(f"query failed: {duck_error(payload)}") from None
                 raise payload
             if what == "done":
                 worker.join()  # it has nothing left to do; no interrupt that could hit a later query
@@ -450,7 +579,36 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
                 continue
 
 
-def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None = None, version: str | None = None):
+def first_row(con, query: str, timeout: float | None = None) -> tuple[list[str], tuple | None]:
+    """``(column names, first row or None)`` of one checked statement, run like any query of
+    :func:`stream_query`: Ctrl-C stops it within milliseconds (audits run user SQL too)."""
+    cols: list[str] = []
+    for cols, rows in stream_query(con, query, max_rows=1, timeout=timeout):
+        if rows:
+            return cols, rows[0]
+    return cols, None
+
+
+def add_resource_flags(p) -> None:
+    """``--memory-limit`` and ``--threads``: the bounds of a command's DuckDB (sql, audit)."""
+    p.add_argument("--memory-limit", metavar="SIZE", default=None,
+                   help=f"the most memory this command may use, e.g. 4GB, 512MiB or 25%% of RAM (default "
+                        f"{DEFAULT_MEMORY_SHARE * 100:.0f}%% of RAM, here {default_memory_limit() / 1e9:.1f}GB); DuckDB spills "
+                        "to a private temp folder beyond it, or fails the query with one line")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"DuckDB worker threads (default: the usable CPUs, here {usable_cpus()})")
+
+
+def resource_args(args) -> dict:
+    """``memory_limit`` and ``threads`` for :func:`connect` from the parsed flags, checked."""
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1; got {args.threads}")
+    limit = parse_size(args.memory_limit) if args.memory_limit is not None else None
+    return {"memory_limit": limit, "threads": args.threads}
+
+
+def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None = None, version: str | None = None,
+               memory_limit: int | None = None, threads: int | None = None):
     from macpo.store import Store
 
     store = Store(store_dir)
@@ -461,7 +619,7 @@ def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None
         folder, _sha = snapshot(ref)
         name = ref.partition("@")[0].replace("/", "--")
         sources += snapshot_sources(Path(folder), name)
-    return connect(sources)
+    return connect(sources, memory_limit=memory_limit, threads=threads)
 
 
 def _cell(v):
@@ -493,8 +651,26 @@ def _json_value(v):
     return str(v)  # intervals, ...
 
 
+def unique_names(cols: list[str]) -> list[str]:
+    """Column names made unique for JSON objects the way DuckDB renames duplicates: a repeated
+    ``a`` becomes ``a_1``, then ``a_2``, ..., skipping names the result already has."""
+    taken, out = set(cols), []
+    used: set[str] = set()
+    for c in cols:
+        name, k = c, 0
+        while name in used:
+            k += 1
+            name = f"{c}_{k}"
+            if name in taken:
+                name = c  # keep looking: that name belongs to another column
+        used.add(name)
+        out.append(name)
+    return out
+
+
 class _Writer:
-    """Writes result batches in one format as they arrive."""
+    """Writes result batches in one format as they arrive: csv and json exact, the table with
+    control characters escaped (data must never drive the user's terminal)."""
 
     def __init__(self, fmt: str, out):
         self.fmt, self.out, self.rows, self.widths, self.cols = fmt, out, 0, None, None
@@ -506,22 +682,24 @@ class _Writer:
             if self.fmt == "csv":
                 self.csv.writerow(cols)
             elif self.fmt == "json":
+                self.keys = unique_names(cols)
                 self.out.write("[")
         if self.fmt == "csv":
             self.csv.writerows([[_cell(v) for v in r] for r in rows])
         elif self.fmt == "json":
             for r in rows:
                 self.out.write(("\n" if self.rows == 0 else ",\n")
-                               + json.dumps({c: _json_value(v) for c, v in zip(cols, r)}, ensure_ascii=False, allow_nan=False))
+                               + json.dumps({c: _json_value(v) for c, v in zip(self.keys, r)}, ensure_ascii=False, allow_nan=False))
                 self.rows += 1
             self.out.flush()
             return
         else:
-            cells = [[_cell(v).replace("\n", "\\n") for v in r] for r in rows]
+            cells = [[escape_text(_cell(v)) for v in r] for r in rows]
             cells = [[c if len(c) <= 60 else c[:57] + "..." for c in r] for r in cells]
             if self.widths is None:  # from the first batch: later batches are streamed, not re-measured
-                self.widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-                self.out.write(self._line(cols) + "\n" + "-+-".join("-" * w for w in self.widths) + "\n")
+                header = [escape_text(c) for c in cols]
+                self.widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(header)]
+                self.out.write(self._line(header) + "\n" + "-+-".join("-" * w for w in self.widths) + "\n")
             for r in cells:
                 self.out.write(self._line(r) + "\n")
         self.rows += len(rows)
@@ -558,7 +736,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-rows", type=int, default=None, metavar="N",
                    help=f"stop after N rows per statement; 0 = all (default {TABLE_MAX_ROWS} for table, all for csv/json)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help=f"stop a statement after S seconds; 0 = none (default {TABLE_TIMEOUT_S:g} for table, none for csv/json)")
+                   help=f"stop a statement after S seconds, a finite number; 0 = none (default {TABLE_TIMEOUT_S:g} for table, none for csv/json)")
+    add_resource_flags(p)
     args = p.parse_args(argv)
     import faulthandler
     import signal
@@ -568,9 +747,11 @@ def main(argv: list[str]) -> int:
     terminal = args.format == "table"
     max_rows = args.max_rows if args.max_rows is not None else (TABLE_MAX_ROWS if terminal else 0)
     timeout = args.timeout if args.timeout is not None else (TABLE_TIMEOUT_S if terminal else 0)
-    if max_rows < 0 or timeout < 0:
-        raise UserError("--max-rows and --timeout must be >= 0")
-    con = open_store(args.store, args.hub)
+    if max_rows < 0:
+        raise UserError("--max-rows must be >= 0")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise UserError(f"--timeout must be a finite number of seconds, > 0 (or 0 for none); got {args.timeout!r}")
+    con = open_store(args.store, args.hub, **resource_args(args))
     try:
         for st in check_read_only(con, args.query):
             writer = _Writer(args.format, sys.stdout)

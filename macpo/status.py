@@ -6,7 +6,11 @@ re-hashed against its content hash. Any damage (a byte flipped, a shard replaced
 valid rows, a file missing) is named per version and file, and the command exits 2.
 
 Temporary ``.tmp-*`` folders left by a killed writer are listed; the next write to that
-dataset removes them. For a store made by ``macpo run``, status also shows where the run
+dataset removes them. So are the ``.facts-tmp-*`` folders of an audit killed while indexing a
+version; the next audit removes them. ``--verify`` also checks the facts the audits read
+(each facts shard's sha256, and the facts recomputed from the data).
+
+``--json`` is strict JSON: a NaN or infinity found in a manifest is printed as null. For a store made by ``macpo run``, status also shows where the run
 stands (the run's ``run-state.json`` next to the store, written by the orchestrator).
 """
 
@@ -73,7 +77,26 @@ def problems(info: dict) -> list[str]:
     return out
 
 
+def _strict(value):
+    """``value`` with every non-finite float as None, so ``json.dumps(allow_nan=False)`` holds."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def render(info: dict) -> str:
+    from macpo.sql import escape_text
+
+    return "\n".join(escape_text(line) for line in _render(info))  # names from disk never drive the terminal
+
+
+def _render(info: dict) -> list[str]:
     lines = [f"store {info['store']}"]
     if not info["datasets"]:
         lines.append("  (empty)")
@@ -85,18 +108,21 @@ def render(info: dict) -> str:
                 continue
             subsets = ", ".join(f"{s}={e['rows']}" for s, e in v["subsets"].items())
             mark = "  DAMAGED" if v.get("damage") else ("  verified" if info.get("verified") else "")
-            lines.append(f"    {v['version']:<10} {v['content_hash'][:23]}  {v['created_at'] or '':<20}  {subsets}{mark}")
+            lines.append(f"    {v['version']:<10} {v['content_hash'][:23]}  {str(v['created_at'] or ''):<20}  {subsets}{mark}")
             for problem in v.get("damage") or []:
                 lines.append(f"      ! {problem}")
     for tmp in info.get("stale_tmp", []):
-        lines.append(f"  stale temporary folder {tmp} (left by a killed writer; the next write removes it)")
+        if "/.facts-" in tmp:
+            lines.append(f"  stale temporary folder {tmp} (left by a killed audit; the next audit removes it)")
+        else:
+            lines.append(f"  stale temporary folder {tmp} (left by a killed writer; the next write removes it)")
     run = info.get("run")
     if run:
         done = sum(1 for s in run.get("steps", []) if s.get("status") == "done")
         lines.append(f"run {run.get('name', '?')}: {done}/{len(run.get('steps', []))} steps done")
         for s in run.get("steps", []):
             lines.append(f"  [{'x' if s.get('status') == 'done' else ' '}] {s['name']}")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -109,7 +135,7 @@ def main(argv: list[str]) -> int:
     from macpo.store import Store
 
     info = collect(Store(args.store), verify=args.verify)
-    print(json.dumps(info, indent=1) if args.json else render(info), flush=True)
+    print(json.dumps(_strict(info), indent=1, allow_nan=False) if args.json else render(info), flush=True)
     bad = problems(info)
     if bad:
         raise UserError(f"{len(bad)} damaged or invalid version{'s' if len(bad) != 1 else ''}: " + " | ".join(bad))

@@ -16,6 +16,7 @@ content hash matches and an error naming both hashes otherwise.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -94,7 +95,18 @@ def dataset_hash(subsets: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON integer that fits DuckDB's BIGINT (the views sum row counts as BIGINT)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
+def _utf8_name(folder: Path, name: str) -> str:
+    """A folder name the store lists: its name reaches SQL, JSON and the terminal as text, so one
+    that is not UTF-8 (Python's surrogate escapes) is refused with one line naming its bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{folder}: the folder name {os.fsencode(name)!r} is not UTF-8; rename it") from None
+    return name
 
 
 def _check_rel_path(rel, version_dir: Path, real_dir: Path) -> str:
@@ -128,7 +140,7 @@ def validate_manifest(manifest, version_dir: Path, where: str) -> dict:
         bad(f"unknown format {manifest.get('format')!r} (known: {', '.join(KNOWN_FORMATS)})")
     if not isinstance(manifest.get("content_hash"), str):
         bad("content_hash is not a string")
-    for key in ("parent_hash", "config_hash"):
+    for key in ("parent_hash", "config_hash", "created_at", "macpo_version"):
         if manifest.get(key) is not None and not isinstance(manifest[key], str):
             bad(f"{key} is not a string")
     subsets = manifest.get("subsets")
@@ -193,7 +205,10 @@ class Store:
         self.root = Path(root)
         if not self.root.is_dir():
             if create and not self.root.exists():
-                self.root.mkdir(parents=True)
+                try:
+                    self.root.mkdir(parents=True)
+                except OSError as exc:
+                    raise UserError(f"cannot create store {self.root}: {exc.strerror}") from None
             elif self.root.exists():
                 raise UserError(f"store {self.root} is not a directory")
             else:
@@ -201,13 +216,14 @@ class Store:
 
     # ---- reading -----------------------------------------------------------------
     def datasets(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and self.versions(p.name))
+        return sorted(_utf8_name(self.root, p.name) for p in self.root.iterdir()
+                      if not p.name.startswith(".") and p.is_dir() and self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
         base = self.root / name
         if not base.is_dir():
             return []
-        found = [p.name for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        found = [_utf8_name(base, p.name) for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
         return sorted(found, key=version_sort_key)
 
     def has(self, name: str, version: str) -> bool:
@@ -285,9 +301,11 @@ class Store:
                 f"{name}/{version} is damaged: {'; '.join(problems)} (run `macpo status --verify --store {self.root}`)"
             )
 
-    def verify(self, name: str, version: str, content: bool = True, progress=None) -> list[str]:
+    def verify(self, name: str, version: str, content: bool = True, progress=None, check_facts: bool = True) -> list[str]:
         """Every problem of a version, [] when intact: files' sizes and sha256 against the manifest,
-        then (``content``) each subset's rows re-read, re-hashed and compared with its content hash."""
+        then (``content``) each subset's rows re-read, re-hashed and compared with its content hash,
+        then (``check_facts``, on intact data) the stored facts the audits read (macpo/facts.py):
+        their sha256, and with ``content`` the facts recomputed from the data."""
         try:
             manifest = self.manifest(name, version)
         except UserError as exc:
@@ -318,6 +336,8 @@ class Store:
                     problems.append(f"{subset}: the rows hash to {table_hash(table)}, the manifest says {entry['content_hash']}")
             if dataset_hash(manifest["subsets"]) != manifest["content_hash"]:
                 problems.append("the manifest's content_hash does not match its subsets' hashes")
+        if check_facts and not problems:
+            problems += [f"{p} (audits rebuild the facts)" for p in facts.facts_problems(self.path(name, version), manifest, recompute=content)]
         return problems
 
     def read(self, name: str, version: str, subset: str) -> pa.Table:
@@ -338,15 +358,18 @@ class Store:
 
     # ---- leftovers of killed writers -------------------------------------------------
     def stale_tmp(self) -> list[Path]:
-        """``.tmp-*`` folders whose writer is gone (killed mid-write): no live lock holds them."""
+        """``.tmp-*`` folders whose writer is gone (killed mid-write): no live lock holds them; and
+        the ``.facts-tmp-*`` folders of killed audits inside versions (macpo/facts.py)."""
         found = []
         for base in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found += [p for p in sorted(base.glob(TMP_PREFIX + "*")) if p.is_dir() and _writer_gone(p)]
+            found += [p for p in sorted(base.glob(TMP_PREFIX + "*")) if p.is_dir() and writer_gone(p)]
+            for version in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                found += facts.stale_tmp(version)
         return found
 
     def _remove_stale_tmp(self, name: str) -> None:
         for tmp in (self.root / name).glob(TMP_PREFIX + "*"):
-            if tmp.is_dir() and _writer_gone(tmp):
+            if tmp.is_dir() and writer_gone(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
 
     # ---- writing -----------------------------------------------------------------
@@ -374,7 +397,25 @@ class Store:
         if (self.path(name, version) / MANIFEST).is_file():
             return self._existing(name, version, self._hash(conformed)[1])
         meta = {"parent_hash": parent_hash, "config": config, "models": models, "extra": extra}
-        return self._commit(name, conformed, meta, fixed_version=version)
+        return self._commit_or_refuse(name, conformed, meta, fixed_version=version)
+
+    def _commit_or_refuse(self, name, conformed, meta, fixed_version=None) -> WriteResult:
+        """``_commit``, with a store that cannot be written (read-only, disk or quota full) as one
+        line: ``_commit`` has already removed its temporary folder, and a dataset folder this
+        write created is removed too, so nothing is left half-written."""
+        base = self.root / name
+        existed = base.exists()
+        try:
+            return self._commit(name, conformed, meta, fixed_version=fixed_version)
+        except OSError as exc:
+            if exc.errno not in facts.WRITE_ERRNOS:
+                raise
+            if not existed:
+                try:
+                    base.rmdir()  # only if empty
+                except OSError:
+                    pass
+            raise UserError(f"cannot write {name} into store {self.root}: {exc.strerror}; nothing was written") from None
 
     @staticmethod
     def _conform(name: str, version: str, subsets: Mapping[str, Subset]) -> dict:
@@ -432,7 +473,7 @@ class Store:
             damaged = None
             while True:
                 if latest is not None and latest_hash == content_hash:
-                    problems = self.verify(name, latest, content=False)
+                    problems = self.verify(name, latest, content=False, check_facts=False)
                     if not problems:
                         shutil.rmtree(tmp, ignore_errors=True)
                         return WriteResult(name, latest, content_hash, created=False)
@@ -558,10 +599,10 @@ class Store:
         conformed = self._conform(name, f"v{int(latest[1:]) + 1}" if latest else "v1", subsets)
         meta = {"parent_hash": kwargs.get("parent_hash"), "config": kwargs.get("config"), "models": kwargs.get("models"),
                 "extra": kwargs.get("extra"), "explicit_parent": "parent_hash" in kwargs}
-        return self._commit(name, conformed, meta)
+        return self._commit_or_refuse(name, conformed, meta)
 
 
-def _writer_gone(tmp: Path) -> bool:
+def writer_gone(tmp: Path) -> bool:
     """True when no live writer holds ``tmp``'s lock (flock dies with its process)."""
     try:
         fd = os.open(tmp / WRITER_LOCK, os.O_RDONLY)

@@ -239,11 +239,13 @@ def test_facts_that_do_not_match_their_shard_are_never_joined(store):
     m = store.manifest("hh", "v1")
     assert fact_files(version, m) is not None
     meta = json.loads((version / ".facts" / "facts.json").read_text())
-    assert meta["shards"][SHARD] == {"rows": 20, "data_sha256": m["files"][SHARD]["sha256"]}
-    # Replace the shard AND forge the manifest's records so the cheap checks pass: the facts'
-    # recorded row count and hash no longer match, so they are not used...
     import hashlib
 
+    facts_bytes = (version / ".facts" / SHARD).read_bytes()
+    assert meta["shards"][SHARD] == {"rows": 20, "data_sha256": m["files"][SHARD]["sha256"],
+                                     "size": len(facts_bytes), "sha256": hashlib.sha256(facts_bytes).hexdigest()}
+    # Replace the shard AND forge the manifest's records so the cheap checks pass: the facts'
+    # recorded row count and hash no longer match, so they are not used...
     path = version / SHARD
     _replace_rows(store, "hh", "v1", _rows(5, "x"))
     mpath = _writable(version / "manifest.json")
