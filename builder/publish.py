@@ -194,13 +194,29 @@ def _load_card(api, repo: str, revision: str):
 
 # ---- the push ---------------------------------------------------------------------------
 def _audit_rows(store, name: str, version: str):
-    """Audit results for the card; a missing or failing audit module degrades to a note."""
+    """Audit results for the card; a missing or failing audit module degrades to a note.
+
+    The audits read the version's stored facts (macpo/facts.py): they are recomputed from the
+    (verified) data first, and facts that differ are rebuilt, or the card says the audits were
+    not run; a forged facts shard never reaches the card."""
+    from macpo import facts
     from macpo.data_cards.cards import AuditRow
 
     try:
         from macpo.audit import run_audits
     except ImportError:
         return [], "Audits not run: `macpo audit` is not available in this installation."
+    folder, manifest = store.path(name, version), store.manifest(name, version)
+    damage = facts.facts_problems(folder, manifest)
+    if damage:
+        print(f"macpo push: note: {name}/{version}: its stored facts do not match its data ({damage[0]}); rebuilding them",
+              file=sys.stderr, flush=True)
+        try:
+            facts.ensure_facts(folder, manifest, force=True)
+        except OSError as exc:
+            return [], f"Audits not run: the stored facts of {name}/{version} do not match its data and cannot be rebuilt ({exc.strerror})."
+        if facts.facts_problems(folder, manifest):  # changed again under us: never publish them
+            return [], f"Audits not run: the stored facts of {name}/{version} do not match its data."
     try:
         results = run_audits(store, dataset=name, version=version)
     except UserError as exc:
@@ -260,7 +276,7 @@ def push(
     # Everything uploaded below is a file of this validated manifest, verified byte for byte
     # (sha256) and row for row (content hash) here, before the first request to the Hub.
     manifest = store.manifest(name, version)
-    problems = store.verify(name, version)
+    problems = store.verify(name, version, check_facts=False)  # the facts are checked by _audit_rows
     if problems:
         raise UserError(f"refusing to push {name}/{version}: it is damaged ({'; '.join(problems)}); nothing was uploaded")
     content_hash = manifest["content_hash"]
