@@ -4,11 +4,15 @@ Round 0 (bootstrap) comes in three parts, because training happens in between:
 
 - ``teachers``: ``round-0-teachers`` = ``teacher-sft`` (D_w chosen) + ``teacher-neg-sft`` (D_w rejected).
 - ``labels``: ``round-0-labels`` = ``weak-labels`` / ``weak-negatives`` written on Q by the weak-label
-  teacher and its negative model (greedy).
+  teacher and its negative model: sampled with the run's ``sampling`` settings and seeds (the paper),
+  or greedy (``weak_labels: greedy``).
 - ``final``: ``round-0`` = all of the above + ``hard-negatives``: one response per (learner, prompt)
   from the learner's own negative model, generated once and reused by every later round.
 
 Round N >= 1 (MACPO): every positive agent samples candidates on Q with its round N-1 model;
+in round 1 the weak-label teacher's candidates are its sampled weak labels (the same round-0 model
+drew them with the same settings; the release's files show this reuse), keeping their own
+``seed`` and their round-0 ``candidate_id``;
 the student scores the teachers' candidates (familiarity), each teacher scores the student's;
 the pairing rules (:mod:`macpo.builder.pairing`) make one ``pairs`` subset per learner, written
 with the ``candidates`` subset as ``round-N``.
@@ -230,11 +234,13 @@ class RoundBuilder:
 
         w = f"teacher-{self.cfg.weak_label_teacher}"
         q = self.data("q")
+        greedy = self.cfg.weak_labels == "greedy"
         out = {}
         for subset, agent in (("weak-labels", w), ("weak-negatives", f"{w}-neg")):
             if subset == "weak-negatives" and self.cfg.method == "naive-w2s":
                 continue  # the naive baseline never trains a student negative
-            cands = self.generate("round-0-labels", 0, agent, self.layout.require_model(agent, 0), q, greedy=True)
+            cands = self.generate("round-0-labels", 0, agent, self.layout.require_model(agent, 0), q, greedy=greedy)
+            cands = cands.filter(_eq(cands.column("sample_index"), 0))  # one label per prompt (negative: self draws 2)
             cols = {c: cands.column(c).to_pylist() for c in ("prompt", "response", "prompt_id")}
             sampling = {k: cands.column(k)[0].as_py() for k in ("temperature", "top_p", "top_k", "max_new_tokens")}
             table = _sft_rows(cols["prompt"], cols["response"], prompt_ids=cols["prompt_id"], agent="student" if subset == "weak-labels" else "student-neg",
@@ -285,8 +291,12 @@ class RoundBuilder:
         hard_negatives = self._round("round-0", "hard-negatives") if self.cfg.negative == "hard" else None
         self._require(previous)
         q = self.data("q")
-        models = {a: self.layout.require_model(a, n - 1) for a in self.cfg.agent_names()}
-        candidates = _concat(self.generate_all(version, n, [(a, models[a]) for a in self.cfg.agent_names()], q))
+        agents = self.cfg.agent_names()
+        models = {a: self.layout.require_model(a, n - 1) for a in agents}
+        reused = self._weak_label_candidates(n, q)
+        fresh = [a for a in agents if a not in reused]
+        drawn = {**dict(zip(fresh, self.generate_all(version, n, [(a, models[a]) for a in fresh], q))), **reused}
+        candidates = _concat([drawn[a] for a in agents])
         # Familiarity: the student scores teacher candidates; each teacher scores the student's.
         is_student = _eq(candidates.column("agent"), "student")
         scores = self.score_all(version, [("student", models["student"], candidates),
@@ -307,6 +317,21 @@ class RoundBuilder:
                 table = self._with_ref_logps(table, learner, n)
             subsets[learner] = Subset("pairs", table)
         return self._write(version, subsets, parent=self._hash(previous), models={a: str(p) for a, p in models.items()})
+
+    def _weak_label_candidates(self, n: int, q) -> dict:
+        """``{weak-label teacher: its candidates}`` when its round-``n`` candidates are its weak labels,
+        else ``{}``. Only in round 1, where its model is the round-0 one that wrote them, and only when
+        the labels were drawn as round 1 draws (same settings, one sample per prompt): then they are
+        samples round 1 could have drawn, and reusing them is what the release did."""
+        w = f"teacher-{self.cfg.weak_label_teacher}"
+        if n != 1 or w not in self.cfg.teacher_names():
+            return {}
+        params = self._sampling(n, w, 0)
+        if params.n != 1:
+            return {}
+        table = weak_labels_as_candidates(self._round("round-0-labels", "weak-labels"), q.column("prompt_id").to_pylist(),
+                                          agent=w, round_=n, sampling=params.columns())
+        return {w: table} if table is not None else {}
 
     def _build_self_play_round(self, n: int):
         from macpo.builder import pairing
@@ -382,6 +407,35 @@ class RoundBuilder:
     def _model_record(self, agent: str) -> dict:
         spec = self.layout.agent_spec(agent)
         return {"model": spec.model, "revision": spec.revision, "gguf_file": spec.gguf_file}
+
+
+def weak_labels_as_candidates(labels, prompt_ids: list[str], *, agent: str, round_: int, sampling: dict):
+    """The ``weak-labels`` rows as ``agent``'s round-``round_`` candidates, one per prompt in
+    ``prompt_ids`` order, or None when they were not drawn with ``sampling``'s settings (its seed
+    aside: each keeps the seed it was drawn with). ``candidate_id`` is the id the label's own
+    generation gave it (``r0-<agent>-<prompt_id>-0``), so a reused candidate reads as one."""
+    import pyarrow as pa
+
+    settings = ("temperature", "top_p", "top_k", "max_new_tokens")
+    drawn = {k: set(labels.column(k).to_pylist()) for k in settings}
+    if any(drawn[k] != {sampling[k]} for k in settings) or set(labels.column("source_agent").to_pylist()) != {agent}:
+        return None
+    rows = {r["prompt_id"]: r for r in labels.select(["prompt_id", "prompt", "completion", *settings, "seed"]).to_pylist()}
+    if len(rows) != labels.num_rows or set(rows) != set(prompt_ids):
+        raise UserError(f"round-0-labels/weak-labels holds {len(rows)} prompts, Q has {len(prompt_ids)} other ones; "
+                        "rebuild round 0 for this data")
+    picked = [rows[pid] for pid in prompt_ids]
+    table = pa.table({
+        "candidate_id": [f"r0-{agent}-{pid}-0" for pid in prompt_ids],
+        "prompt_id": list(prompt_ids),
+        "round": pa.array([round_] * len(picked), pa.int32()),
+        "agent": [agent] * len(picked),
+        "sample_index": pa.array([0] * len(picked), pa.int32()),
+        "prompt": [r["prompt"] for r in picked],
+        "response": [r["completion"] for r in picked],
+        **{k: [r[k] for r in picked] for k in (*settings, "seed")},
+    })
+    return conform(table, "candidates", f"round {round_} candidates of {agent} (its weak labels)")
 
 
 def _eq(column, value):

@@ -20,6 +20,8 @@ PAPER: dict[str, Any] = {
     "sampling.top_k": 50,
     "sampling.n": 1,
     "sampling.max_new_tokens": 512,
+    # The release's only generation path samples (LLaMA-Factory --predict_with_generate, its defaults).
+    "weak_labels": "sampled",
     "train.student_sft.epochs": 3.0,
     "train.student_sft.lr": 5e-5,
     "train.student_sft.lr_scheduler": "cosine",
@@ -28,7 +30,7 @@ PAPER: dict[str, Any] = {
     "train.student_neg_sft.epochs": 1.0,
     "train.student_neg_sft.lr": 5e-5,
     "train.student_neg_sft.lora_r": 8,
-    "train.dpo.loss": "dpo-nll",
+    "train.dpo.loss": "dpo-nll",  # its NLL is the paper's: per chosen answer, length-averaged (dpo_ftx)
     "train.dpo.beta": 0.1,
     "train.dpo.nll_weight": 0.2,
     "train.dpo.epochs": 1.0,

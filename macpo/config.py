@@ -28,6 +28,7 @@ def round0_start(method: str) -> str:
     # Self-play methods start from SFT on D_w's chosen side, not from weak labels.
     return "naive weak-to-strong" if method in {"macpo", "naive-w2s"} else "SFT on the offline pairs' chosen side"
 NEGATIVES = ("hard", "none", "self")
+WEAK_LABELS = ("sampled", "greedy")
 CHOSEN_RULES = ("familiarity", "oracle", "random")
 BACKENDS = ("transformers", "vllm")
 EXECUTORS = ("local", "ray")
@@ -118,6 +119,11 @@ class RunConfig:
     teachers: list = _f([], "weak teacher base models (AgentSpec)")
     student: AgentSpec = _f(AgentSpec(), "strong student base model")
     weak_label_teacher: int = _f(0, "which teacher writes the weak labels and weak negatives")
+    weak_labels: str = _f(
+        "sampled",
+        "how the weak labels and weak negatives are decoded: 'sampled' = with the `sampling` settings, seeded (the "
+        "paper: LLaMA-Factory's sampled generation; the weak-label teacher's round-1 candidates then reuse its weak "
+        "labels, as in the release); 'greedy' = argmax decoding")
     mutual_positive: bool = _f(True, "student learns from the least-perplexing teacher output (off = -MP)")
     negative: str = _f(
         "hard",
@@ -360,6 +366,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.eval.split == "val" and not cfg.world:
         raise UserError("config eval.split: 'val' is the built-in sandbox's validation split (set `world`); "
                         "real data is split into dw, q and test only")
+    if cfg.weak_labels not in WEAK_LABELS:
+        raise UserError(f"config weak_labels: {cfg.weak_labels!r} is not one of {', '.join(WEAK_LABELS)}")
     if cfg.negative not in NEGATIVES:
         raise UserError(f"config negative: {cfg.negative!r} is not one of {', '.join(NEGATIVES)}")
     if not 0 <= cfg.generation.gpu_memory_utilization <= 1:

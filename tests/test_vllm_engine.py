@@ -228,6 +228,7 @@ def _build_rounds(smollm2: Path, hh_store: Path, adapter: Path, out: Path, backe
         "name": "real", "out": str(out), "K": 1, "T": 1, "teachers": [str(smollm2)], "student": str(smollm2),
         "threads": 2, "data": {"store": str(hh_store), "dataset": "hh", "max_rows": {"dw": 8, "q": 8, "test": 4}},
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 16, "batch_size": 8},
+        "weak_labels": "greedy",  # so the two engines' labels can be compared text for text
         # The module engine's settings, so the builder's generators reuse it.
         "generation": {"backend": backend, "dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True},
     })
