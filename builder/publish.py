@@ -221,7 +221,7 @@ def _audit_rows(store, name: str, version: str):
         results = run_audits(store, dataset=name, version=version)
     except UserError as exc:
         return [], f"Audits not run: {exc}"
-    rows = [AuditRow(r.name, r.verdict, r.count, r.detail) for r in results]
+    rows = [AuditRow(r.name, r.verdict, r.count, r.detail, getattr(r, "scope", "")) for r in results]
     return rows, ("" if rows else "No audits apply to this version.")
 
 
@@ -264,7 +264,7 @@ def push(
     """Publish ``dataset/version`` of the store at ``store_dir`` to the dataset repo ``repo``."""
     from huggingface_hub import HfApi, constants
 
-    from macpo.data_cards.cards import render_dataset_card, sample_rows
+    from macpo.data_cards.cards import ref_columns_in, render_dataset_card, sample_rows
     from macpo.store import Store
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -306,7 +306,8 @@ def push(
                 info = api.dataset_info(repo, revision="main", files_metadata=False)
                 existing = _load_card(api, repo, info.sha) if any(s.rfilename == "README.md" for s in info.siblings or []) else None
                 card = render_dataset_card(
-                    manifest=manifest, repo_id=repo, existing=existing, audits=audits, audit_note=audit_note, samples=rows
+                    manifest=manifest, repo_id=repo, existing=existing, audits=audits, audit_note=audit_note, samples=rows,
+                    ref_columns={s: ref_columns_in(store.files(name, version, s)) for s in manifest["subsets"]},
                 )
                 ops = _operations(store, name, version, manifest, str(card), [s.rfilename for s in info.siblings or []])
                 commit = api.create_commit(

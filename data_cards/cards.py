@@ -30,12 +30,40 @@ SAMPLE_COLUMNS = {
 }
 
 
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "ref_self_logps")
+
+
 @dataclass(frozen=True)
 class AuditRow:
     name: str
     verdict: str
     count: int
     detail: str
+    scope: str = ""  # "dataset/version" of a per-version line, "all" for the store-wide one
+
+
+def ref_columns_in(files: list[Path]) -> list[str]:
+    """The stored reference log-prob columns of one subset (every shard has the same columns;
+    they are written only when they hold values, macpo/schema.py)."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        return []
+    names = pq.read_schema(files[0]).names
+    return [c for c in REF_COLUMNS if c in names]
+
+
+def reference_from(manifest: Mapping) -> tuple[str, Any]:
+    """(which reference model, max_length) that produced a round's stored reference log-probs:
+    the run config's DPO stage, as the builder reads it."""
+    config = manifest.get("config") or {}
+    dpo = ((config.get("train") or {}).get("dpo") or {}) if isinstance(config, Mapping) else {}
+    ref = dpo.get("ref") if isinstance(dpo, Mapping) else None
+    described = {
+        "previous": "each learner's own policy at the start of the round (its model after the previous round)",
+        "base": "each learner's pretrained base model",
+    }.get(ref, f"the reference `{ref}`" if ref else "an unrecorded reference model")
+    return described, (dpo.get("max_length") if isinstance(dpo, Mapping) else None)
 
 
 def config_name(version: str, subset: str) -> str:
@@ -159,6 +187,17 @@ def splice_body(existing: str, rendered: str) -> str:
     return existing.rstrip() + "\n\n" + block + "\n"
 
 
+def _card_audits(rows: list[AuditRow]) -> list[AuditRow]:
+    """A card describes one version: an audit's store-wide line repeats its one version line."""
+    out = []
+    for row in rows:
+        same_audit = [r for r in rows if r.name == row.name]
+        if row.scope == "all" and len(same_audit) == 2:
+            continue
+        out.append(row)
+    return out
+
+
 def render_dataset_card(
     *,
     manifest: Mapping,
@@ -167,8 +206,10 @@ def render_dataset_card(
     audits: list[AuditRow] | None = None,
     audit_note: str = "",
     samples: Mapping[str, list] | None = None,
+    ref_columns: Mapping[str, list[str]] | None = None,
 ):
-    """The merged ``DatasetCard`` for ``manifest``'s version, on top of ``existing`` (or None)."""
+    """The merged ``DatasetCard`` for ``manifest``'s version, on top of ``existing`` (or None).
+    ``ref_columns``: the stored reference log-prob columns per subset (:func:`ref_columns_in`)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     version, dataset = manifest["version"], manifest["dataset"]
@@ -190,6 +231,8 @@ def render_dataset_card(
         for s, e in subsets.items()
     ]
     example = next((c for c in configs_here if c["config_name"].endswith("-student")), configs_here[0])
+    with_refs = {config_name(version, s): cols for s, cols in (ref_columns or {}).items() if cols}
+    ref_model, ref_max_length = reference_from(manifest)
     card = DatasetCard.from_template(
         data,
         template_path=str(TEMPLATE),
@@ -208,7 +251,10 @@ def render_dataset_card(
         sampling=sampling_from(manifest),
         configs_here=configs_here,
         other_configs=[c["config_name"] for c in data.configs if c["config_name"] not in here],
-        audits=audits or [],
+        audits=_card_audits(audits or []),
+        ref_configs=with_refs,
+        ref_model=ref_model,
+        ref_max_length=ref_max_length,
         audit_note=audit_note or "No audits were run for this version.",
         example_config=example["config_name"],
         samples=[{"config_name": config_name(version, s), "rows": rows} for s, rows in (samples or {}).items() if rows],

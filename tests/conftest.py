@@ -61,4 +61,4 @@ def pytest_collection_modifyitems(config, items):
     ``ci_run`` (one `macpo run`, ~60 s), which go to the same worker."""
     for item in items:
         name = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("ci_run" if name in ("test_readme", "test_run_e2e") else name))
+        item.add_marker(pytest.mark.xdist_group("ci_run" if name in ("test_readme", "test_run_e2e", "test_trl_stock") else name))
