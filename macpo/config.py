@@ -99,6 +99,24 @@ def _default_train() -> dict:
     return {name: TrainConfig(loss=loss) for name, loss in STAGE_LOSS.items()}
 
 
+JUDGE_TEMPLATES = ("helpful", "harmless")
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind an OpenAI-compatible endpoint (``macpo.eval.judge_llm``)."""
+
+    base_url: str = _f("", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`) or https://api.openai.com/v1")
+    model: str = _f("", "judge model name as the endpoint knows it")
+    api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (the key itself never goes in "
+                          "a config); '' for an endpoint without authentication")
+    template: str = _f("helpful", "judge prompt: helpful | harmless (eval/templates/judge_*.j2) or a Jinja file with "
+                       "`prompt`, `response_a`, `response_b`")
+    max_concurrency: int = _f(4, "requests in flight at once")
+    max_retries: int = _f(5, "retries of a request answered 429, 5xx or not at all (exponential backoff)")
+    timeout: float = _f(120.0, "seconds per request")
+    max_tokens: int = _f(16, "tokens the judge may write per verdict")
+
 
 @dataclass
 class EvalConfig:
@@ -106,6 +124,8 @@ class EvalConfig:
     batch_size: int = _f(128, "prompts per eval generation batch (1 to 1,000,000)")
     greedy: bool = _f(True, "evaluate with greedy decoding")
     split: str = _f("test", "prompts evaluated: test, or val (sandbox) to choose settings without looking at test")
+    judge: Optional[JudgeConfig] = _f(None, "pairwise LLM judge of the student vs the round-0 student and each teacher "
+                                       "(both orders); unset = no judge")
 
 
 @dataclass
@@ -164,6 +184,8 @@ class RunConfig:
         out = dataclasses.asdict(self)
         # A stage's job fields are set per job by the run; they are not part of the config.
         out["train"] = {k: {f: v for f, v in stage.items() if f not in JOB_FIELDS} for k, stage in out["train"].items()}
+        if out["eval"]["judge"] is None:  # runs without a judge keep the config hash they had before it existed
+            del out["eval"]["judge"]
         return out
 
     def stage_loss(self, stage: str) -> str:
@@ -366,6 +388,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.eval.split == "val" and not cfg.world:
         raise UserError("config eval.split: 'val' is the built-in sandbox's validation split (set `world`); "
                         "real data is split into dw, q and test only")
+    if cfg.eval.judge is not None:
+        check_judge(cfg.eval.judge)
     if cfg.weak_labels not in WEAK_LABELS:
         raise UserError(f"config weak_labels: {cfg.weak_labels!r} is not one of {', '.join(WEAK_LABELS)}")
     if cfg.negative not in NEGATIVES:
@@ -391,6 +415,24 @@ def validate(cfg: RunConfig) -> None:
         if spec.revision and Path(spec.model).exists():
             # transformers loads a local folder as it is; a revision there could not be honoured.
             raise UserError(f"config {where}.revision: {spec.model} is a local folder; a revision applies to Hub ids only")
+
+
+def check_judge(j: JudgeConfig) -> None:
+    import re
+
+    if not re.match(r"https?://[^/\s]+", j.base_url or ""):
+        raise UserError(f"config eval.judge.base_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {j.base_url!r}")
+    if not j.model:
+        raise UserError("config eval.judge.model: name the judge model (as the endpoint serves it)")
+    if j.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", j.api_key_env):
+        # Never echo it: a value that is not a variable name may be the key itself.
+        raise UserError("config eval.judge.api_key_env: must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                        "not the key itself")
+    if j.template not in JUDGE_TEMPLATES and not Path(j.template).is_file():
+        raise UserError(f"config eval.judge.template: {j.template!r} is neither one of {', '.join(JUDGE_TEMPLATES)} "
+                        "nor a Jinja file")
+    if j.max_concurrency < 1 or j.max_retries < 0 or j.timeout <= 0 or j.max_tokens < 1:
+        raise UserError("config eval.judge: max_concurrency and max_tokens must be >= 1, max_retries >= 0, timeout > 0")
 
 
 class _NoAliasLoader(yaml.SafeLoader):
