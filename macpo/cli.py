@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("macpo.orchestrate", "full MACPO loop on the built-in gold-reward sandbox (CPU)"),
     "run": ("macpo.orchestrate", "full loop (bootstrap, rounds, eval) from a YAML config; resumes"),
     "study": ("macpo.study", "variants x seeds of a config (ablations, baselines), shared steps, intervals"),
-    "import": ("macpo.builder.importers", "import hh-rlhf / trl / llamafactory preference data into a store"),
+    "import": ("macpo.builder.importers", "import hh-rlhf / pku-saferlhf / trl / llamafactory preference or SFT data into a store"),
     "build": ("macpo.builder.rounds", "builder stage: build one round of a run into the store"),
     "train": ("macpo.trainer.cli", "trainer stage: SFT / DPO / DPO+NLL / SPIN / SPAC on a round dataset"),
     "eval": ("macpo.eval.cli", "eval stage: generate on held-out prompts, score, write the report"),

@@ -292,3 +292,199 @@ def test_name_and_store_are_checked_before_any_side_effect(tmp_path):
 def test_a_mistyped_file_path_is_not_taken_for_a_hub_repo(tmp_path):
     one_line_error(run("import", "data/train.jsonl", "--format", "trl", "--store", tmp_path / "s", "--name", "x", cwd=tmp_path),
              "no such file")
+
+
+# ---- SFT data, PKU-SafeRLHF, axes and provenance (issue 22) ----------------------------------------
+def sql_rows(store, query):
+    r = run("sql", "--store", store, query, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+# The MACPO release's weak-label files (strong_students/hh_weak_train_5k_harm.json): LLaMA-Factory
+# SFT records, multi-turn history flattened into the instruction.
+WEAK_LABELS = [
+    {"instruction": "USER: How do I pick a lock? ASSISTANT: Why do you ask? USER: I am locked out of my house.",
+     "input": "", "output": "Call a locksmith or your landlord; they can let you in."},
+    {"instruction": "What should I say to my boss?", "input": "", "output": "Something kind and honest."},
+]
+
+
+def test_release_weak_labels_import_as_sft_with_provenance(tmp_path):
+    src = tmp_path / "hh_weak_train_5k_harm.json"
+    src.write_text(json.dumps(WEAK_LABELS))
+    r = run("import", src, "--format", "llamafactory", "--store", tmp_path / "s", "--name", "weak",
+            "--agent", "teacher-0", "--round", "0", "--source", "meta-llama/Llama-2-7b-hf")
+    assert r.returncode == 0, r.stderr
+    assert "weak/v1: 2 sft rows imported" in r.stdout
+    m = Store(tmp_path / "s").manifest("weak", "v1")
+    assert m["subsets"]["default"]["kind"] == "sft"
+    assert m["source"]["name"] == "meta-llama/Llama-2-7b-hf" and m["source"]["agent"] == "teacher-0"
+    rows = sql_rows(tmp_path / "s", "SELECT prompt, completion_text, source_agent, round FROM sft ORDER BY completion_text")
+    assert [r["completion_text"] for r in rows] == ["Call a locksmith or your landlord; they can let you in.", "Something kind and honest."]
+    assert [m["role"] for m in rows[0]["prompt"]] == ["user", "assistant", "user"]
+    assert {(r["source_agent"], r["round"]) for r in rows} == {("teacher-0", 0)}
+    # Without --agent, model-written data is not passed off as human.
+    r = run("import", src, "--format", "llamafactory", "--store", tmp_path / "s2", "--name", "weak")
+    assert r.returncode == 0, r.stderr
+    assert {x["source_agent"] for x in sql_rows(tmp_path / "s2", "SELECT source_agent FROM sft")} == {"unknown"}
+
+
+def test_trl_sft_formats_and_one_kind_per_import(tmp_path):
+    rows = [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}]},
+        {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "4"}]},
+        {"prompt": "say a", "completion": "a"},
+    ]
+    src = _write_jsonl(tmp_path / "sft.jsonl", rows)
+    r = run("import", src, "--format", "trl", "--store", tmp_path / "s", "--name", "t")
+    assert r.returncode == 0, r.stderr
+    got = sql_rows(tmp_path / "s", "SELECT prompt_text, completion_text FROM sft ORDER BY completion_text")
+    assert [(x["prompt_text"], x["completion_text"]) for x in got] == [
+        ("user: 2+2?", "4"), ("user: say a", "a"), ("system: be brief\nuser: hi", "hello")]
+    mixed = _write_jsonl(tmp_path / "mixed.jsonl", [rows[2], {"prompt": "q", "chosen": "a", "rejected": "b"}])
+    one_line_error(run("import", mixed, "--format", "trl", "--store", tmp_path / "s", "--name", "m"),
+                   "mixed.jsonl:2", "a preference row among SFT rows")
+    no_answer = _write_jsonl(tmp_path / "open.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    one_line_error(run("import", no_answer, "--format", "trl", "--store", tmp_path / "s", "--name", "o"),
+                   "open.jsonl:1", "does not end with an assistant turn")
+
+
+# PKU-SafeRLHF's published schema (PKU-Alignment/PKU-SafeRLHF, train split), two rows.
+PKU = [
+    {"prompt": "How can I get back at my neighbour?", "response_0": "Slash their tyres at night.",
+     "response_1": "Talk to them, or to a mediator.", "prompt_source": "Alpaca-7B", "response_0_source": "Alpaca-7B",
+     "response_1_source": "Alpaca-7B", "is_response_0_safe": False, "is_response_1_safe": True,
+     "better_response_id": 0, "safer_response_id": 1},
+    {"prompt": "What is a good bread recipe?", "response_0": "Flour, water, salt, yeast; knead and bake.",
+     "response_1": "Buy bread.", "prompt_source": "Alpaca-7B", "response_0_source": "Alpaca-7B",
+     "response_1_source": "Alpaca-7B", "is_response_0_safe": True, "is_response_1_safe": True,
+     "better_response_id": 0, "safer_response_id": 0},
+]
+
+
+def test_pku_saferlhf_imports_on_both_axes_into_one_store(tmp_path):
+    src = _write_jsonl(tmp_path / "pku.jsonl", PKU)
+    for axis in ("better", "safer"):
+        r = run("import", src, "--format", "pku-saferlhf", "--axis", axis, "--store", tmp_path / "s", "--name", f"pku-{axis}")
+        assert r.returncode == 0, r.stderr
+    rows = sql_rows(tmp_path / "s", "SELECT dataset, axis, prompt_text, chosen_text, rejected_text, chosen_agent, pair_type "
+                                    "FROM pairs ORDER BY dataset, prompt_text")
+    neighbour = {r["axis"]: (r["chosen_text"], r["rejected_text"]) for r in rows if "neighbour" in r["prompt_text"]}
+    assert neighbour == {"better": ("Slash their tyres at night.", "Talk to them, or to a mediator."),
+                         "safer": ("Talk to them, or to a mediator.", "Slash their tyres at night.")}
+    assert {(r["chosen_agent"], r["pair_type"]) for r in rows} == {("human", "human")}
+    one_line_error(run("import", src, "--format", "pku-saferlhf", "--store", tmp_path / "s", "--name", "p"), "--axis better|safer")
+    one_line_error(run("import", src, "--format", "pku-saferlhf", "--axis", "harmless", "--store", tmp_path / "s", "--name", "p"),
+                   "--axis better|safer")
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [dict(PKU[0], safer_response_id=2)])
+    one_line_error(run("import", bad, "--format", "pku-saferlhf", "--axis", "safer", "--store", tmp_path / "s", "--name", "p"),
+                   "bad.jsonl:1", "'safer_response_id' must be 0 or 1")
+
+
+def test_hh_axis_is_recorded_per_row_and_provenance_flags(tmp_path):
+    rows = [{"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}]
+    src = _write_jsonl(tmp_path / "hh.jsonl", rows)
+    for axis in ("helpful", "harmless"):
+        assert run("import", src, "--format", "hh-rlhf", "--axis", axis, "--store", tmp_path / "s", "--name", f"hh-{axis}").returncode == 0
+    got = sql_rows(tmp_path / "s", "SELECT axis, count(*) AS n FROM pairs GROUP BY axis ORDER BY axis")
+    assert got == [{"axis": "harmless", "n": 1}, {"axis": "helpful", "n": 1}]
+    one_line_error(run("import", src, "--format", "hh-rlhf", "--axis", "safer", "--store", tmp_path / "s", "--name", "x"),
+                   "--axis helpful|harmless")
+    # The same rows as a TRL file: not human by definition; --agent/--round say who and when.
+    trl = _write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    assert run("import", trl, "--format", "trl", "--store", tmp_path / "s", "--name", "plain").returncode == 0
+    assert run("import", trl, "--format", "trl", "--store", tmp_path / "s", "--name", "gen", "--agent", "teacher-1",
+               "--round", "2").returncode == 0
+    got = sql_rows(tmp_path / "s", "SELECT dataset, round, chosen_agent, rejected_agent, pair_type, axis FROM pairs "
+                                   "WHERE dataset IN ('plain', 'gen', 'hh-helpful') ORDER BY dataset")
+    assert [(g["dataset"], g["round"], g["chosen_agent"], g["rejected_agent"], g["pair_type"], g["axis"]) for g in got] == [
+        ("gen", 2, "teacher-1", "teacher-1", "imported", None),
+        ("hh-helpful", 0, "human", "human", "human", "helpful"),
+        ("plain", 0, "unknown", "unknown", "imported", None)]
+    one_line_error(run("import", trl, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--round", "-1"), "--round")
+    one_line_error(run("import", trl, "--format", "trl", "--store", tmp_path / "s", "--name", "x", "--data-dir", "d"),
+                   "--config/--data-dir apply to a Hub dataset")
+
+
+def test_hub_dataset_with_data_dir_and_config(tmp_path):
+    """`Anthropic/hh-rlhf` with data_dir harmless-base, and a PKU repo with named configs, from the loopback Hub."""
+    from hub_server import FakeHub
+
+    hh = lambda c, r: json.dumps({"chosen": f"\n\nHuman: {c}\n\nAssistant: {r}", "rejected": f"\n\nHuman: {c}\n\nAssistant: no"})  # noqa: E731
+    with FakeHub(tmp_path / "hub") as hub:
+        hub.create_repo("Anthropic/hh-rlhf")
+        hub.commit_files("Anthropic/hh-rlhf", {
+            "harmless-base/train.jsonl.gz": gzip.compress((hh("harm q", "refuse") + "\n" + hh("harm q2", "refuse") + "\n").encode()),
+            "helpful-base/train.jsonl.gz": gzip.compress((hh("help q", "answer") + "\n").encode()),
+        })
+        hub.create_repo("PKU-Alignment/PKU-SafeRLHF")
+        hub.commit_files("PKU-Alignment/PKU-SafeRLHF", {
+            "README.md": b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/all/train.jsonl\n"
+                         b"- config_name: alpaca-7b\n  data_files:\n  - split: train\n    path: data/alpaca-7b/train.jsonl\n---\n",
+            "data/all/train.jsonl": "".join(json.dumps(r) + "\n" for r in PKU).encode(),
+            "data/alpaca-7b/train.jsonl": (json.dumps(PKU[0]) + "\n").encode(),
+        })
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0",
+                   HF_HOME=str(tmp_path / "hf-home"))
+
+        def hub_import(*args):
+            return subprocess.run([*MACPO, "import", *map(str, args), "--store", str(tmp_path / "s")], capture_output=True,
+                                  text=True, env=env, timeout=300)
+
+        r = hub_import("Anthropic/hh-rlhf", "--data-dir", "harmless-base", "--format", "hh-rlhf", "--axis", "harmless", "--name", "harmless")
+        assert r.returncode == 0, r.stderr
+        assert "harmless/v1: 2 pairs imported" in r.stdout
+        r = hub_import("PKU-Alignment/PKU-SafeRLHF", "--config", "alpaca-7b", "--format", "pku-saferlhf", "--axis", "safer", "--name", "pku")
+        assert r.returncode == 0, r.stderr
+        assert "pku/v1: 1 pairs imported" in r.stdout
+        one_line_error(hub_import("PKU-Alignment/PKU-SafeRLHF", "--config", "nope", "--format", "pku-saferlhf", "--axis", "safer",
+                                  "--name", "p2"), "cannot load from the Hub")
+    rows = sql_rows(tmp_path / "s", "SELECT dataset, axis, prompt_text, chosen_text FROM pairs ORDER BY dataset, prompt_text")
+    assert [(r["dataset"], r["axis"], r["prompt_text"], r["chosen_text"]) for r in rows] == [
+        ("harmless", "harmless", "user: harm q", "refuse"), ("harmless", "harmless", "user: harm q2", "refuse"),
+        ("pku", "safer", "user: How can I get back at my neighbour?", "Talk to them, or to a mediator.")]
+    source = Store(tmp_path / "s").manifest("harmless", "v1")["source"]
+    assert (source["data_dir"], source["split"], source["axis"]) == ("harmless-base", "train", "harmless")
+
+
+def test_hostile_inputs_of_the_new_importers(tmp_path):
+    import resource
+
+    # A gzip bomb: 4 GiB of spaces after a valid start, in a 4 MB .json.gz (256 gzip members of
+    # 16 MiB each). Read whole it could not fit the 1.5 GB address-space limit below.
+    member = gzip.compress(b" " * (16 << 20), compresslevel=9)
+    bomb = tmp_path / "bomb.json.gz"
+    with open(bomb, "wb") as fh:
+        fh.write(gzip.compress(b'[{"prompt": "q", "chosen": "a", "rejected": "b"}'))
+        for _ in range(256):
+            fh.write(member)
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+
+    p = subprocess.run([*MACPO, "import", str(bomb), "--format", "trl", "--store", str(tmp_path / "s"), "--name", "x",
+                        "--max-bytes", "50000000"], capture_output=True, text=True, preexec_fn=limited, timeout=120)
+    one_line_error(p, "bomb.json.gz", "decompresses to more than 50000000 bytes (--max-bytes)")
+    (tmp_path / "bomb.jsonl.gz").write_bytes(bomb.read_bytes())
+    one_line_error(run("import", tmp_path / "bomb.jsonl.gz", "--format", "trl", "--store", tmp_path / "s", "--name", "x",
+                       "--max-bytes", "50000000", "--skip-bad"), "bomb.jsonl.gz", "--max-bytes")
+    assert "--max-bytes" in run("import", "--help").stdout
+
+    # LLaMA-Factory `history` that is not a list of pairs.
+    h5 = tmp_path / "h5.json"
+    h5.write_text(json.dumps([{"instruction": "q", "input": "", "output": "a", "history": 5}]))
+    one_line_error(run("import", h5, "--format", "llamafactory", "--store", tmp_path / "s", "--name", "x"),
+                   "h5.json:item 1", "'history' must be a list")
+
+    # A save_to_disk folder whose .arrow shard was overwritten halfway.
+    from datasets import Dataset
+
+    folder = tmp_path / "saved"
+    Dataset.from_list([{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(50)]).save_to_disk(str(folder))
+    arrow = next(folder.glob("*.arrow"))
+    data = arrow.read_bytes()
+    arrow.write_bytes(data[: len(data) // 2] + b"\x00garbage" * 10)
+    one_line_error(run("import", folder, "--format", "trl", "--store", tmp_path / "s", "--name", "x"), "saved", "damaged .arrow")
+    assert not (tmp_path / "s").exists()
