@@ -32,8 +32,9 @@ if importlib.util.find_spec("ray") is None:
 
 PY = sys.executable
 AGENTS = ("student", "teacher-0", "teacher-1")
-# 3 agents x 6 shards of generation; scoring: the student over 72 candidates + 2 teachers x 24.
-SHARDS = 3 * 6 + 18 + 2 * 6
+# Generation: 2 agents x 6 shards (teacher-0's round-1 candidates are its sampled weak labels);
+# scoring: the student over 72 candidates + 2 teachers x 24.
+SHARDS = 2 * 6 + 18 + 2 * 6
 WORDS = "hello there how are you today what is two plus two please reverse the words a b c sure here".split()
 
 
