@@ -1,9 +1,14 @@
 """``macpo audit``: named data-quality audits, each one SQL file.
 
-An audit is a ``.sql`` file over the read-only views of ``macpo sql`` returning one row
-with ``count``, ``verdict`` (ok / warn / fail / info) and ``detail``. The built-in ones live
-in ``macpo/audits/``; add your own with ``--audits-dir DIR`` or by dropping ``*.sql``
-files into ``STORE/.audits/``. The leading ``--`` comment lines are the description.
+An audit is a ``.sql`` file over the read-only views of ``macpo sql`` returning rows with
+``count``, ``verdict`` (ok / warn / fail / info / n/a) and ``detail``, and optionally ``scope``.
+The built-in audits return one row per dataset version (``dataset/version``; per dataset where
+only the latest version counts) and the store-wide row (scope ``all``) last, so one biased
+dataset is not averaged away by the others. An audit that had nothing to check says ``n/a``
+with the reason in its detail, never ``ok``. When only one version is in scope its row is the
+store-wide one and is printed alone. The built-in audits live in ``macpo/audits/``; add your
+own with ``--audits-dir DIR`` or by dropping ``*.sql`` files into ``STORE/.audits/`` (a row
+without ``scope`` is store-wide). The leading ``--`` comment lines are the description.
 
 The built-in audits read the ``*_facts`` views (per-row keys, byte lengths and blank flags of
 the message columns, written beside each version by ``Store.write``), not the text. Versions
@@ -29,6 +34,7 @@ class AuditResult:
     verdict: str
     detail: str
     description: str
+    scope: str = "all"  # "dataset/version", or "all" for the store-wide line
 
 
 @dataclass
@@ -120,9 +126,12 @@ def _count(name: str, value) -> int:
     return whole
 
 
+MAX_AUDIT_ROWS = 10_000  # lines of one audit: one per dataset version, plus the store
+
+
 def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, memory_limit=None, threads=None) -> list[AuditResult]:
     """Run audits over ``store`` (a Store), optionally restricted to one dataset/version."""
-    from macpo.sql import check_read_only, connect, first_row, store_sources
+    from macpo.sql import check_read_only, connect, store_sources, stream_query
 
     dirs = list(extra_dirs or [])
     if (store.root / ".audits").is_dir():
@@ -142,17 +151,23 @@ def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, m
         for name in selected:
             audit = audits[name]
             statements = check_read_only(con, audit.sql)
+            cols, rows = [], []
             try:  # in a worker thread, so Ctrl-C stops a long user audit at once
-                cols, first = first_row(con, statements[-1].query)
+                for cols, batch in stream_query(con, statements[-1].query, max_rows=MAX_AUDIT_ROWS):
+                    rows += batch
             except UserError as exc:  # a user-written audit with a SQL error
                 raise UserError(f"audit {name} failed: {str(exc).removeprefix('query failed: ')}") from None
-            if first is None:
+            if not rows:
                 raise UserError(f"audit {name} returned no row; it must return one row with columns count and verdict")
-            row = dict(zip(cols, first))
-            missing = {"count", "verdict"} - set(row)
+            missing = {"count", "verdict"} - set(cols)
             if missing:
                 raise UserError(f"audit {name} must return columns count and verdict (missing: {', '.join(sorted(missing))})")
-            results.append(AuditResult(name, _count(name, row["count"]), str(row["verdict"]), str(row.get("detail") or ""), audit.description))
+            lines = [AuditResult(name, _count(name, r["count"]), str(r["verdict"]), str(r.get("detail") or ""), audit.description,
+                                 str(r.get("scope") or "all")) for r in (dict(zip(cols, row)) for row in rows)]
+            scoped = [r for r in lines if r.scope != "all"]
+            if len(scoped) == 1 and len(lines) == 2:  # one version in scope: its line is the store-wide one
+                lines = scoped
+            results += sorted(lines, key=lambda r: r.scope == "all")  # stable: the store-wide line last
     finally:
         con.close()
     return results
@@ -186,8 +201,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps([asdict(r) for r in results], indent=1))
     else:
         width = max(len(r.name) for r in results)
+        scope_width = max(len(r.scope) for r in results)
         for r in results:
-            print(f"{r.name:<{width}}  {r.verdict.upper():<4}  count={r.count}  {r.detail}".rstrip())
+            print(f"{r.name:<{width}}  {r.verdict.upper():<4}  {r.scope:<{scope_width}}  count={r.count}  {r.detail}".rstrip())
     return 1 if args.strict and any(r.verdict == "fail" for r in results) else 0
 
 

@@ -87,13 +87,15 @@ def test_cli_formats_and_exit_codes(store):
 
 
 def test_audits_find_the_planted_problems(store):
-    results = {r.name: r for r in run_audits(store)}
+    results = {r.name: r for r in run_audits(store)}  # the store-wide line of each audit is its last
     assert results["chosen-equals-rejected"].count == 2 and results["chosen-equals-rejected"].verdict == "fail"
     assert results["duplicate-pairs"].count == 1 and results["duplicate-pairs"].verdict == "warn"
     assert results["empty-responses"].count == 1 and results["empty-responses"].verdict == "fail"
     assert results["prompt-leakage"].count == 1 and results["prompt-leakage"].verdict == "fail"  # q3 is a test prompt
     assert results["dataset-overlap"].count == 2  # q1 in hh+run, q3 in data+run
-    assert results["counts"].count == 5 and "run/round-1 round 1 student: 1" in results["counts"].detail
+    assert results["counts"].count == 5 and results["counts"].scope == "all"
+    run_counts = next(r for r in run_audits(store, names=["counts"]) if r.scope == "run/round-1")
+    assert run_counts.count == 2 and "pairs round 1 student: 1" in run_counts.detail
     # 3 of the 5 pairs have chosen longer than rejected
     assert results["length-bias"].count == 3 and results["length-bias"].verdict == "ok"
     only = run_audits(store, dataset="hh", names=["chosen-equals-rejected"])
@@ -124,4 +126,5 @@ def test_status_cli(store):
     assert run["version"] == "round-1" and run["subsets"]["student"]["rows"] == 1
     assert run["content_hash"] == store.manifest("run", "round-1")["content_hash"]
     r = subprocess.run([sys.executable, "-m", "macpo.cli", "audit", "--store", str(store.root), "counts"], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.startswith("counts  INFO  count=5")
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].split() == ["counts", "INFO", "all", "count=5", "5", "training", "rows", "in",
+                                                                       "2", "dataset", "versions"]
