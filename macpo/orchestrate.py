@@ -222,6 +222,9 @@ def step_keys(cfg: RunConfig, steps: list[Step]) -> dict[str, str]:
     for s in steps:
         argv = [a for a in s.argv if a != sys.executable]
         sections = {k: _dotted(base, k) for k in s.config_sections}
+        if s.name != "report" and isinstance(sections.get("eval"), dict):
+            # Only the report asks the LLM judge: adding or changing eval.judge must not redo generation.
+            sections["eval"] = {k: v for k, v in sections["eval"].items() if k != "judge"}
         keys[s.name] = json_hash({"step": s.name, "argv": argv, "shared": shared, "sections": sections,
                                   "deps": [keys[d] for d in s.deps]})
     return keys

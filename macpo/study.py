@@ -661,6 +661,32 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
         names.append(_save(plt, fig, out / "study_rounds.png").name)
     else:
         plt.close(fig)
+    # Every agent per round, one panel per MACPO variant (as the paper's Fig. 2-4 show the student
+    # and each teacher over iterations): do the teachers improve with the student?
+    panels = [v for v in variants if len({r["round"] for r in rows if r["variant"] == v}) > 1
+              and any(r["agent"].startswith("teacher") and r["round"] > 0 for r in rows if r["variant"] == v)]
+    if panels:
+        cols = min(3, len(panels))
+        fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.4 * ((len(panels) + cols - 1) // cols)),
+                                 squeeze=False, sharey=True)
+        for ax, v in zip(axes.flat, panels):
+            agents = sorted({r["agent"] for r in rows if r["variant"] == v and (r["agent"] == "student" or r["agent"].startswith("teacher"))
+                             and not r["agent"].endswith("-neg")}, key=lambda a: (a != "student", a))
+            for a in agents:
+                pts: dict[int, list[float]] = {}
+                for r in rows:
+                    if r["variant"] == v and r["agent"] == a and r["combined"] is not None:
+                        pts.setdefault(r["round"], []).append(r["combined"])
+                xs = sorted(pts)
+                ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", lw=2.5 if a == "student" else 1.2, label=a)
+            ax.set_title(v, fontsize=9)
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        axes[0][0].set_ylabel("combined gold reward (mean over seeds)")
+        axes[0][0].legend(fontsize=7)
+        names.append(_save(plt, fig, out / "study_agents.png").name)
     return names
 
 

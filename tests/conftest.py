@@ -55,10 +55,14 @@ def ci_run(tmp_path_factory):
     return out, r.stdout
 
 
+# Test files that read the session's ci_run: one worker builds it once for all of them.
+CI_RUN_USERS = ("test_readme", "test_run_e2e", "test_trl_stock", "test_judge_llm", "test_weak_labels")
+
+
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite on 2 pytest-xdist workers with ``--dist loadgroup``: one group per
     test file (its module fixtures are built once), except the files sharing the session's
     ``ci_run`` (one `macpo run`, ~60 s), which go to the same worker."""
     for item in items:
         name = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("ci_run" if name in ("test_readme", "test_run_e2e", "test_trl_stock") else name))
+        item.add_marker(pytest.mark.xdist_group("ci_run" if name in CI_RUN_USERS else name))
