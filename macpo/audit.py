@@ -74,10 +74,11 @@ def index_missing_facts(sources) -> None:
     or, in a store that cannot be written, computed from the text."""
     import pyarrow as pa
 
-    from macpo.facts import WRITE_ERRNOS, check_facts, ensure_facts
+    from macpo.facts import WRITE_ERRNOS, check_facts, ensure_facts, remove_stale_tmp
 
     missing = []
     for src in sources:
+        remove_stale_tmp(src.root)  # left by audits killed while indexing
         paths, problem = check_facts(src.root, src.manifest, hash_files=True)
         if problem:
             print(f"macpo audit: note: {src.dataset}/{src.version}: its facts do not match ({problem}); "

@@ -233,10 +233,11 @@ def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Pa
 # ---- resources -------------------------------------------------------------------------------
 # Without a limit DuckDB takes 80% of RAM: a cross join that prints 1000 rows peaked at 8.5 GB.
 DEFAULT_MEMORY_SHARE = 0.25
-# DuckDB's memory_limit governs its buffer manager only; the interpreter, Arrow and DuckDB's
-# own small allocations come on top (~0.2 GB measured on a cross join), so DuckDB gets this
-# share of the process limit, minus what the process already holds.
-DUCKDB_SHARE = 0.8
+# DuckDB's memory_limit governs its buffer manager only; its threads, allocator slack and
+# small allocations come on top (0.07-0.29 GB measured on cross joins at 0.3-4 GB limits), so
+# DuckDB gets the process limit minus what the process already holds minus this headroom.
+HEADROOM_BYTES = 384 * 2**20
+HEADROOM_SHARE = 0.1
 MIN_DUCKDB_BYTES = 32 * 2**20
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -290,10 +291,11 @@ def _resident_bytes() -> int:
 def duckdb_memory_limit(process_limit: int) -> int:
     """DuckDB's ``memory_limit`` for a process that should stay under ``process_limit`` bytes."""
     held = _resident_bytes()
-    duck = int(process_limit * DUCKDB_SHARE) - held
+    duck = process_limit - held - max(HEADROOM_BYTES, int(process_limit * HEADROOM_SHARE))
     if duck < MIN_DUCKDB_BYTES:
+        least = max(held + HEADROOM_BYTES + MIN_DUCKDB_BYTES, (held + MIN_DUCKDB_BYTES) / (1 - HEADROOM_SHARE))
         raise UserError(f"--memory-limit {process_limit / 1e6:.0f}MB leaves DuckDB no room: this process "
-                        f"already holds {held / 1e6:.0f}MB; give at least {(held + MIN_DUCKDB_BYTES) / DUCKDB_SHARE / 1e6:.0f}MB")
+                        f"already holds {held / 1e6:.0f}MB; give at least {least / 1e6:.0f}MB")
     return duck
 
 
@@ -651,6 +653,22 @@ def _json_value(v):
     return str(v)  # intervals, ...
 
 
+def _clip(text: str, width: int = 60) -> str:
+    """A table cell: ``text`` escaped (:func:`escape_text`) and clipped to ``width`` characters
+    with "...", never inside an escape (a cut ``\\x1`` would read as other text)."""
+    escaped = escape_text(text)
+    if len(escaped) <= width:
+        return escaped
+    out, n = [], 0
+    for ch in text:
+        piece = escape_text(ch)
+        if n + len(piece) > width - 3:
+            break
+        out.append(piece)
+        n += len(piece)
+    return "".join(out) + "..."
+
+
 def unique_names(cols: list[str]) -> list[str]:
     """Column names made unique for JSON objects the way DuckDB renames duplicates: a repeated
     ``a`` becomes ``a_1``, then ``a_2``, ..., skipping names the result already has."""
@@ -694,8 +712,7 @@ class _Writer:
             self.out.flush()
             return
         else:
-            cells = [[escape_text(_cell(v)) for v in r] for r in rows]
-            cells = [[c if len(c) <= 60 else c[:57] + "..." for c in r] for r in cells]
+            cells = [[_clip(_cell(v)) for v in r] for r in rows]
             if self.widths is None:  # from the first batch: later batches are streamed, not re-measured
                 header = [escape_text(c) for c in cols]
                 self.widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(header)]
