@@ -150,3 +150,28 @@ def test_stored_reference_logps_and_the_cards_recipe(tmp_path, tiny_model_dir):
         {"name": "plain-precompute", "trainer": "dpo", "files": plain, "precompute": True},
     ])
     assert "ref_chosen_logps" in results[0]["columns"] and "ref_chosen_logps" not in results[1]["columns"]
+
+
+def test_versions_written_with_all_null_reference_columns_still_verify_and_read(tmp_path, monkeypatch):
+    """Versions written before the reference columns became sparse hold them all-null, and their
+    content hash covers them: reads keep them, so status --verify, SQL and training still agree."""
+    import macpo.schema as schema
+    from macpo.sql import open_store, run_query
+    from macpo.trainer.data import to_trl_dataset
+
+    store = Store(tmp_path / "store", create=True)
+    monkeypatch.setattr(schema, "SPARSE", {})  # as macpo wrote every round before
+    old = store.write("run", "round-1", {"student": Subset("pairs", pairs_table([("q", "a", "b")], agent="student", round_=1))})
+    monkeypatch.undo()
+    assert "ref_chosen_logps" in pq.read_schema(store.files("run", "round-1", "student")[0]).names
+    assert store.verify("run", "round-1") == []
+    table = store.read("run", "round-1", "student")
+    assert table.column("ref_chosen_logps").null_count == 1
+    prepared = to_trl_dataset(table, "dpo", "old round")
+    assert not prepared.stored_ref and not [c for c in prepared.dataset.column_names if c.startswith("ref_")]
+    # Written again today, the same rows leave the empty columns out (and hash without them).
+    new = store.write("run", "round-2", {"student": Subset("pairs", pairs_table([("q", "a", "b")], agent="student", round_=1))})
+    assert new.content_hash != old.content_hash
+    assert "ref_chosen_logps" not in pq.read_schema(store.files("run", "round-2", "student")[0]).names
+    rows = run_query(open_store(str(store.root)), "SELECT version, ref_chosen_logps, axis FROM pairs ORDER BY version")[-1][1]
+    assert rows == [("round-1", None, None), ("round-2", None, None)]
