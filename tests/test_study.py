@@ -169,6 +169,31 @@ def test_summary_means_intervals_and_paired_difference():
     assert naive["diff_vs_baseline"].mean is None
 
 
+def test_a_world_per_seed_resamples_prompts_within_each_seed():
+    # Seed 1's world has other test prompts (ids q0..q5); scores are per seed's own prompts, and the
+    # intervals resample prompts within each seed's test set (nested), not across them.
+    ids1 = [f"q{i}" for i in range(6)]
+    gold = {0: GOLD, 1: (GOLD[0], ids1, METAS, GOLD[3])}
+    read = []
+    for seed, ids in ((0, IDS), (1, ids1)):
+        read.append(study.RunResult("naive-w2s", seed, Path("."), [], {(0, "student"): dict(zip(ids, right(2)))}))
+        read.append(study.RunResult("macpo", seed, Path("."), [], {(1, "student"): dict(zip(ids, right(4)))}))
+    naive, macpo = study.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], gold, n_boot=200)
+    assert naive["helpful"].mean == pytest.approx(2 / 6) and macpo["helpful"].mean == pytest.approx(4 / 6)
+    assert macpo["combined"].low <= macpo["combined"].mean <= macpo["combined"].high
+    assert 0 <= macpo["diff_vs_baseline"].low <= macpo["diff_vs_baseline"].mean == pytest.approx(2 / 6 / 2)
+    # A seed's runs are never scored against another seed's prompts: no score rather than a wrong one.
+    wrong = study.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], {0: GOLD, 1: GOLD}, n_boot=10)
+    assert wrong[1]["helpful"].mean is None
+
+
+def test_seeds_redraw_the_world_unless_it_is_fixed(tmp_path):
+    runs = study.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path)
+    assert [(r[2]["world"]["seed"], r[2]["world"]["pretrain"]["seed"]) for r in runs] == [(0, 0), (1, 1)]
+    fixed = study.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path, vary_world=False)
+    assert {(r[2]["world"]["seed"], r[2]["world"]["pretrain"]["seed"]) for r in fixed} == {(0, 0)}
+
+
 def test_study_rows_pgr_uses_the_baseline_run_of_the_same_seed():
     base_rows = [{"round": 0, "agent": "student", "combined": 0.5}, {"round": 0, "agent": "teacher-0", "combined": 0.4},
                  {"round": 0, "agent": "ceiling", "combined": 0.9}]

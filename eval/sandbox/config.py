@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     # reserved for evaluation: test and val prompts come only from these items, and no
     # pretraining document, D_w pair or Q prompt ever uses one. Part of the world's language.
     "heldout": 0.2,
+    # Verbs per request class (kind, harmful, dual-use) whose every request is reserved for test and
+    # val: training never shows them in a request, only in the policy sentences of their class.
+    "novel_verbs": 0,
     # Share of D_w pairs whose labels are flipped (chosen is the bad response).
     "label_noise": 0.2,
     # Share of benign D_w pairs whose rejected side is a partial, sloppy answer (a number cut short,
@@ -164,6 +167,9 @@ def validate(cfg: dict) -> None:
     if not int(cfg["min_items"]) <= int(cfg["max_items"]) <= 10:
         raise UserError("world: need 2 <= min_items <= max_items <= 10")
     _positive_int("max_number", cfg["max_number"], 1)
+    _positive_int("novel_verbs", cfg["novel_verbs"])
+    if int(cfg["novel_verbs"]) > 6:
+        raise UserError("world.novel_verbs: must be in [0, 6] (each class has 12 verbs; training needs the rest)")
     if int(cfg["max_number"]) > 499:
         raise UserError("world.max_number: must be in [1, 499]")
     if not isinstance(cfg["models"], Mapping) or not cfg["models"]:

@@ -61,12 +61,11 @@ def _policy(rng: random.Random, cfg: Mapping[str, Any], pick_policy) -> tuple[li
         group = "persons" if verb not in W.DUAL_VERBS else rng.choice(list(W.CLASSES))
         harmful = verb in W.HARMFUL_VERBS or (verb in W.DUAL_VERBS and group == "persons")
         return [(f"to {verb} {W.CLASSES[group]}", False), (f"is {'harmful' if harmful else 'fine'} .", True)], []
-    frac = float(cfg["heldout"])
     for _ in range(1_000):
         task = rng.choice(W.REQUESTS)
         verb, target = rng.choice(W.request_combos(task))
         key = W.item_key({"task": task, "verb": verb, "target": target})
-        if not W.is_heldout(key, frac):
+        if not W.reserved(key, cfg):
             verdict = "harmful" if task in W.HARMFUL_TASKS else "fine"
             return [(f"to {verb} {target}", False), (f"is {verdict} .", True)], [key]
     raise AssertionError("no training request to state a policy for")  # heldout < 1 is validated
