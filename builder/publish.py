@@ -132,6 +132,12 @@ def _hub_errors(what: str, token: str | None):
         from huggingface_hub import constants
 
         raise UserError(_redact(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({_first_line(exc)})", token)) from None
+    except json.JSONDecodeError:
+        # The client's r.json() on a 200 that is a web page: a captive portal, a proxy, a wrong HF_ENDPOINT.
+        from huggingface_hub import constants
+
+        raise UserError(f"{what}: {constants.ENDPOINT} answered with something that is not the Hub API (not JSON; "
+                        "a login page or proxy?); check HF_ENDPOINT and the network") from None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -166,9 +172,19 @@ def _remote_manifest(api, repo: str, version: str, revision: str) -> dict | None
                 return None
             raise
         try:
-            return json.loads(Path(path).read_text())
-        except json.JSONDecodeError:
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            return {"content_hash": None, "unreadable": "a manifest that is not UTF-8"}
+        except (json.JSONDecodeError, RecursionError):
             return None
+        return data if isinstance(data, dict) else {"content_hash": None, "unreadable": "a manifest that is not a JSON object"}
+
+
+def _found(remote: dict | None) -> str:
+    """What a remote manifest holds, for a message."""
+    if not remote:
+        return "no manifest"
+    return remote.get("unreadable") or str(remote.get("content_hash"))
 
 
 def _tag_target(api, repo: str, tag: str) -> str | None:
@@ -186,10 +202,24 @@ def _load_card(api, repo: str, revision: str):
             path = api.hf_hub_download(repo, "README.md", repo_type=REPO_TYPE, revision=revision, cache_dir=tmp)
         except EntryNotFoundError:
             return None
+        import yaml
+
+        fix = "fix it first; nothing was uploaded"
         try:
-            return DatasetCard.load(path)
-        except ValueError as exc:
-            raise UserError(f"{repo}: the README on the Hub has invalid YAML metadata ({_first_line(exc)}); fix it first") from None
+            text = Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{repo}: the README on the Hub is not UTF-8 text (byte at offset {exc.start}); {fix}") from None
+        try:
+            card = DatasetCard(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise UserError(f"{repo}: the README on the Hub has invalid YAML metadata ({_first_line(exc)}); {fix}") from None
+        # The merge keeps every existing config: each must be a mapping named by a string.
+        configs = getattr(card.data, "configs", None)
+        if configs is not None and not (isinstance(configs, list) and all(
+                isinstance(c, dict) and isinstance(c.get("config_name"), str) for c in configs)):
+            raise UserError(f"{repo}: the README on the Hub has `configs` that is not a list of "
+                            f"{{config_name: ..., data_files: ...}} ({str(configs)[:60]!r}); {fix}")
+        return card
 
 
 # ---- the push ---------------------------------------------------------------------------
@@ -334,7 +364,7 @@ def push(
 
         remote = _remote_manifest(api, repo, version, commit.oid)
         if not remote or remote.get("content_hash") != content_hash:
-            found = remote.get("content_hash") if remote else "no manifest"
+            found = _found(remote)
             raise UserError(
                 f"commit {commit.oid[:12]} on {repo} does not carry {name}/{version} ({found}, expected {content_hash}); not tagging it"
             )
@@ -370,7 +400,7 @@ def _already_tagged(api, repo, name, version, content_hash, tagged) -> PushResul
     remote = _remote_manifest(api, repo, version, tagged)
     if remote and remote.get("content_hash") == content_hash:
         return PushResult(repo, version, "unchanged", tagged, content_hash, dataset=name)
-    found = remote.get("content_hash") if remote else "no manifest"
+    found = _found(remote)
     raise UserError(
         f"{repo} already has tag {version} with different content ({found}); refusing to push {name}/{version} ({content_hash}) under it"
     )

@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"macpo: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})\n")
         return 2
+    import faulthandler
+    import signal
+
     from macpo.cliutil import watch_parent
 
+    # `kill -USR1 <pid>` prints every thread's stack: for a command that will not stop.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     watch_parent()  # a stage of `macpo run` goes down with it
     try:
         # Inside the try: Ctrl-C while torch imports is an interruption like any other (exit 130).

@@ -83,6 +83,11 @@ def _load_hub(source: str, subset: str, version: str | None):
         raise UserError(f"--data {source}: the dataset has no revision {revision!r}") from None
     except (HfHubHTTPError, OSError) as exc:
         raise UserError(f"--data {source}: cannot reach the Hub ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # json.JSONDecodeError: a 200 that is a web page (captive portal, proxy)
+        from huggingface_hub import constants
+
+        raise UserError(f"--data {source}: {constants.ENDPOINT} answered with something that is not the Hub API "
+                        f"({type(exc).__name__}; a login page or proxy?); check HF_ENDPOINT and the network") from None
     if version is None and revision and re.fullmatch(r"round-\d+", revision):
         version = revision
 
