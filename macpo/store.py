@@ -76,7 +76,12 @@ class WriteResult:
 def _check_name(what: str, value: str) -> str:
     if not isinstance(value, str) or not value or not _NAME_RE.match(value):
         raise UserError(f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-'")
+    if len(value) > MAX_NAME_LEN:  # a folder name (plus '.tmp-' prefixes and '-evals' suffixes) within 255 bytes
+        raise UserError(f"invalid {what} {value[:20]}... ({len(value)} characters; at most {MAX_NAME_LEN})")
     return value
+
+
+MAX_NAME_LEN = 128
 
 
 check_name = _check_name

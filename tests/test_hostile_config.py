@@ -109,9 +109,14 @@ def test_trainer_flags_must_be_finite():
                        f"{flag} must be a finite number")
 
 
-def test_a_300_character_run_name(tmp_path):
+def test_a_300_character_name(tmp_path):
     one_line_error(run("run", CI, "--out", tmp_path / "out", "--set", "name=" + "n" * 300), "config name", "at most 128")
     assert not (tmp_path / "out").exists()
+    src = tmp_path / "pairs.jsonl"
+    src.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    one_line_error(run("import", src, "--format", "trl", "--store", tmp_path / "store", "--name", "n" * 300),
+                   "dataset name", "at most 128")
+    assert not (tmp_path / "store").exists()
 
 
 # ---- --out: never a file, never the data being read -------------------------------------------------
