@@ -154,13 +154,15 @@ def marked_by(folder, commands: tuple[str, ...]) -> bool:
     return isinstance(data, dict) and data.get("written_by") in {f"macpo {c}" for c in commands}
 
 
-def check_owned(folder, commands: tuple[str, ...], what: str = "--out", legacy: tuple[str, ...] = ()) -> None:
+def check_owned(folder, commands: tuple[str, ...], what: str = "--out", legacy: tuple[str, ...] = (),
+                ignore: tuple[str, ...] = ()) -> None:
     """An existing non-empty ``folder`` must be one of ``commands``' own outputs (its marker, or
-    for folders written before markers existed, every file named in ``legacy``)."""
+    for folders written before markers existed, every file named in ``legacy``). Names in
+    ``ignore`` (a lock taken just before the marker is written) do not count as content."""
     from pathlib import Path
 
     p = Path(folder)
-    if not p.is_dir() or not any(p.iterdir()) or marked_by(p, commands):
+    if not p.is_dir() or not any(c.name not in ignore for c in p.iterdir()) or marked_by(p, commands):
         return
     if legacy and all((p / name).exists() for name in legacy):
         return

@@ -385,7 +385,7 @@ def load_run(config_path: str | None, overrides: dict[str, str], base: dict | No
 
     cfg = resolve_config(config_mod.load(config_path, overrides, base=base))
     # run.yaml: run folders written before the marker existed.
-    check_owned(cfg.out, ("run",), "run folder (out)", legacy=("run.yaml",))
+    check_owned(cfg.out, ("run",), "run folder (out)", legacy=("run.yaml",), ignore=(RUN_LOCK,))
     return cfg
 
 
