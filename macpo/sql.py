@@ -581,16 +581,6 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
                 continue
 
 
-def first_row(con, query: str, timeout: float | None = None) -> tuple[list[str], tuple | None]:
-    """``(column names, first row or None)`` of one checked statement, run like any query of
-    :func:`stream_query`: Ctrl-C stops it within milliseconds (audits run user SQL too)."""
-    cols: list[str] = []
-    for cols, rows in stream_query(con, query, max_rows=1, timeout=timeout):
-        if rows:
-            return cols, rows[0]
-    return cols, None
-
-
 def add_resource_flags(p) -> None:
     """``--memory-limit`` and ``--threads``: the bounds of a command's DuckDB (sql, audit)."""
     p.add_argument("--memory-limit", metavar="SIZE", default=None,

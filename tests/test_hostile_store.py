@@ -51,11 +51,18 @@ def _writable(path: Path) -> Path:
     return path
 
 
-def _audit_counts(p) -> dict[str, int]:
+def _audit_counts(p, by_scope: bool = False) -> dict:
+    """Each audit's count over the whole store (its "all" line, else the sum of its lines), or
+    with ``by_scope`` ``{(name, scope): count}``."""
     assert p.returncode == 0, p.stderr
+    results = json.loads(p.stdout)
+    if by_scope:
+        return {(r["name"], r.get("scope", "all")): r["count"] for r in results}
     counts: dict[str, int] = {}
-    for r in json.loads(p.stdout):
-        counts[r["name"]] = counts.get(r["name"], 0) + r["count"]
+    for r in results:
+        if r.get("scope", "all") != "all":
+            counts[r["name"]] = counts.get(r["name"], 0) + r["count"]
+    counts.update({r["name"]: r["count"] for r in results if r.get("scope", "all") == "all"})
     return counts
 
 
@@ -148,8 +155,10 @@ def test_dataset_folders_named_like_globs_read_exactly_their_own_files(glob_stor
     shutil.rmtree(s.path("h?", "v1") / ".facts")
     p = run("sql", "--store", s.root, "SELECT count(*) AS n FROM pairs_facts WHERE dataset = 'h?'", "--format", "csv")
     assert p.stdout.splitlines() == ["n", "5"], p.stderr
-    counts = _audit_counts(run("audit", "--store", s.root, "--json", "counts"))
-    assert counts["counts"] == sum(sizes.values())
+    p = run("audit", "--store", s.root, "--json", "counts")
+    assert _audit_counts(p)["counts"] == sum(sizes.values())
+    per_version = {scope: n for (_, scope), n in _audit_counts(p, by_scope=True).items() if scope != "all"}
+    assert per_version in ({f"{name}/v1": n for name, n in sizes.items()}, {})  # {}: an audit without scopes
     assert run("status", "--store", s.root, "--verify").returncode == 0
 
 
@@ -392,13 +401,13 @@ def test_timeout_must_be_finite_and_not_negative(store, value):
 
 
 def test_status_json_is_strict(store):
-    from macpo.status import _strict
-
     mpath = _writable(store.path("hh", "v1") / "manifest.json")
     mpath.write_text(mpath.read_text().replace('"created_at": "', '"created_at": NaN, "x": "'))
     p = run("status", "--store", store.root, "--json")
     json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     one_line_error(p, "hh/v1", "created_at is not a string")
+    from macpo.status import _strict  # what else status prints (run-state.json) goes through it too
+
     assert _strict({"a": [float("nan"), 1.5, {"b": float("-inf")}]}) == {"a": [None, 1.5, {"b": None}]}
 
 
