@@ -140,13 +140,16 @@ def plan(cfg: RunConfig, config_path: Path) -> list[Step]:
         gates = has_premise_gates(cfg)
         if gates:  # the gold ceiling: the student SFT'd on gold responses for Q, with the naive budget
             jobs.append(job(CEILING, 0, "student_sft", "round-0-labels", "gold-labels", None))
-            # dpo-sanity gate: one round of the run's DPO on the human pairs D_w, from the naive student.
-            sanity = job(DPO_SANITY_AGENT, 0, "dpo", "round-0-labels", "dw", md("student", 0))
-            sanity["config"].update(dataset=layout.data_dataset, version="v1", subset="dw")
-            jobs.append(sanity)
         s0 = train("train student round-0", jobs, [b1])
         last = [build(0, "final", "round-0", [s0])]
-        e = evaluate(0, last + [t0])
+        evals_after = last + [t0]
+        if gates:
+            # dpo-sanity gate: one round of the run's DPO on the human pairs D_w, from the naive student.
+            # Its own step, so runs that differ only in train.dpo still share the round-0 student.
+            sanity = job(DPO_SANITY_AGENT, 0, "dpo", "round-0-labels", "dw", md("student", 0))
+            sanity["config"].update(dataset=layout.data_dataset, version="v1", subset="dw")
+            evals_after.append(train("train dpo-sanity round-0", [sanity], [s0]))
+        e = evaluate(0, evals_after)
         rounds = cfg.T if cfg.method == "macpo" else 0
         if gates and rounds == 0:
             premise_gates([e])

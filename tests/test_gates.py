@@ -137,8 +137,11 @@ def test_sandbox_plans_measure_the_gates_at_round_zero(tmp_path):
     steps = plan(config_mod.from_dict(base), Path("run.yaml"))
     names = [s.name for s in steps]
     student = next(s for s in steps if s.name == "train student round-0")
-    assert [Path(j["out"]).name for j in json.loads(student.argv[-1])] == ["student", "student-neg", G.CEILING, G.DPO_SANITY_AGENT]
-    ceiling, sanity = json.loads(student.argv[-1])[-2:]
+    assert [Path(j["out"]).name for j in json.loads(student.argv[-1])] == ["student", "student-neg", G.CEILING]
+    ceiling = json.loads(student.argv[-1])[-1]
+    step = next(s for s in steps if s.name == "train dpo-sanity round-0")
+    (sanity,) = json.loads(step.argv[-1])
+    assert step.deps == ["train student round-0"] and step.name in next(s for s in steps if s.name == "eval round-0").deps
     assert (ceiling["subset"], ceiling["version"], ceiling["model"]) == ("gold-labels", "round-0-labels", "s")
     # dpo-sanity: the run's DPO on the human pairs D_w, continuing the naive student (trained just before it).
     assert (sanity["subset"], sanity["version"], sanity["loss"]) == ("dw", "v1", "dpo-nll")
