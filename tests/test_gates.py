@@ -125,6 +125,30 @@ def test_overlap_sql_finds_leaked_prompts_and_items(tmp_path):
     assert G.overlap_counts(store, "d", "v1")["prompt_hits"] == 2  # t2 (v2's Q) and t3 (a pairs table)
 
 
+def test_overlap_sql_reads_fact_keys_of_policy_sentences_and_other_wordings(tmp_path):
+    from macpo.eval.sandbox import corpus as C
+    from macpo.eval.sandbox import world as W
+    from macpo.store import Store, Subset
+
+    # Two wordings of one fact (hug + my boss): a test prompt is a leak if any training text states
+    # the fact, whatever its template, a policy sentence included.
+    test_prompt = W._request("kind", "hug", "my boss", 0)
+    train_wording = W._request("kind", "hug", "my boss", 3)
+    assert test_prompt.text != train_wording.text and test_prompt.meta["item"] == train_wording.meta["item"]
+    test = _prompts([{"prompt_id": "t", "prompt": [{"role": "user", "content": test_prompt.text}], "split": "test",
+                      "meta": json.dumps(test_prompt.meta)}])
+    policy = {"kind": "policy", "segments": [("to hug my boss", False), ("is fine .", True)], "items": [test_prompt.meta["item"]]}
+    leaky = _prompts([{"prompt_id": "pt-0", "prompt": C.messages(policy), "split": "pretrain",
+                       "meta": json.dumps({"kind": "policy", "items": policy["items"]})}])
+    store = Store(tmp_path / "store", create=True)
+    store.write("d", "v1", {"test": Subset("prompts", test), "pretrain": Subset("prompts", leaky)})
+    assert G.overlap_counts(store, "d", "v1") == {"n_test": 1, "prompt_hits": 0, "item_hits": 1}
+    q = _prompts([{"prompt_id": "q", "prompt": [{"role": "user", "content": train_wording.text}], "split": "train",
+                   "meta": json.dumps(train_wording.meta)}])
+    store.write("e", "v1", {"test": Subset("prompts", test), "q": Subset("prompts", q)})
+    assert G.overlap_counts(store, "e", "v1")["item_hits"] == 1
+
+
 def test_sandbox_plans_measure_the_gates_at_round_zero(tmp_path):
     from pathlib import Path
 
