@@ -83,9 +83,12 @@ def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any]
         agg["eval_seconds"] = round(time.perf_counter() - t, 2)
         results[label] = agg
         if progress:
-            print(f"  {label:<32} combined {agg['combined']:.3f}  helpful {agg['helpful']:.3f}  harmless {agg['harmless']:.3f}  "
-                  f"protocol {agg['protocol_rate']:.2f}  content {agg['content_accuracy']:.2f}  refusal {agg['refusal_rate']:.2f}  "
-                  f"over-refusal {agg['over_refusal_rate']:.2f}  | " + " ".join(f"{t} {v:.2f}" for t, v in agg["per_task"].items()), flush=True)
+            f = lambda k: "n/a" if agg.get(k) is None else f"{agg[k]:.3f}"  # noqa: E731 (an axis lacks some metrics)
+            content = " ".join(f"{t} {v['content_accuracy']:.2f}" for t, v in agg["tasks"].items() if v["content_accuracy"] is not None)
+            print(f"  {label:<32} combined {f('combined')}  helpful {f('helpful')}  harmless {f('harmless')}  "
+                  f"protocol {f('protocol_rate')}  content {f('content_accuracy')}  refusal {f('refusal_rate')}  "
+                  f"over-refusal {f('over_refusal_rate')}  | reward " + " ".join(f"{t} {v:.2f}" for t, v in agg["per_task"].items())
+                  + f" | content {content}", flush=True)
         return agg
 
     for name, path in dirs.items():
