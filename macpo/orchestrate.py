@@ -448,21 +448,70 @@ def summarize(cfg: RunConfig) -> str:
 
 def _demo(args) -> int:
     """Both axes of the sandbox, as the paper runs HH-Helpful and HH-Harmless: one run each
-    (OUT/<axis>), on one set of pretrained models, then a side-by-side summary (OUT/summary.md)."""
+    (OUT/<axis>) on one set of pretrained models, then a side-by-side summary (OUT/summary.md).
+
+    The models are pretrained first, here (progress bars); then the axes' runs go side by side as
+    ``macpo run`` processes when the machine has a core per run (each stage keeps the config's
+    threads), their step lines prefixed with the axis."""
+    import threading
+
     axes = list(dict.fromkeys(args.axis or ["helpful", "harmless"]))
     base = parse_kv(args.set)
-    done = []
+    runs = []
     for axis in axes:
-        overrides = {**base, "out": str(Path(args.out) / axis), "world.axis": axis,
-                     "name": f"macpo-demo-{axis}"}
-        cfg, resolved = prepare_run(str(demo_config_path()), overrides)
-        print(f"macpo demo [{axis} axis]: {cfg.name} ({cfg.method}, K={cfg.K}, T={cfg.T}) -> {cfg.out}", flush=True)
-        execute(cfg, resolved, verbose=args.verbose)
-        summary = summarize(cfg)
-        if summary:
-            print(summary, flush=True)
-        done.append((axis, cfg))
-    text = side_by_side(done)
+        overrides = {**base, "out": str(Path(args.out) / axis), "world.axis": axis, "name": f"macpo-demo-{axis}"}
+        cfg, _ = prepare_run(str(demo_config_path()), overrides)
+        runs.append((axis, cfg, overrides))
+    from macpo.eval import sandbox
+
+    cfg0 = runs[0][1]
+    print(f"macpo demo: {', '.join(axes)} axes (K={cfg0.K}, T={cfg0.T}) -> {args.out}; pretraining the sandbox models "
+          "(cached after the first run)", flush=True)
+    sandbox.prepare_models(cfg0.world)
+    parallel = len(runs) > 1 and (os.cpu_count() or 1) >= len(runs) * max(cfg0.threads, 1)
+    procs = []
+    lock = threading.Lock()
+
+    def relay(axis: str, stream) -> None:
+        for line in stream:
+            with lock:
+                sys.stdout.write(f"[{axis}] {line}")
+                sys.stdout.flush()
+
+    def start(axis: str, overrides: dict):
+        argv = [*CLI, "run", str(demo_config_path()), *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]]
+        if args.verbose:
+            argv.append("--verbose")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        t = threading.Thread(target=relay, args=(axis, proc.stdout), daemon=True)
+        t.start()
+        return proc, t
+
+    try:
+        if parallel:
+            procs = [(axis, *start(axis, ov)) for axis, _, ov in runs]
+        for i, (axis, _, ov) in enumerate(runs):
+            if not parallel:
+                procs.append((axis, *start(axis, ov)))
+            _, proc, t = procs[i]
+            proc.wait()
+            t.join()
+    except KeyboardInterrupt:
+        for _, proc, _t in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc, _t in procs:
+            proc.wait()
+        raise
+    failed = [(axis, proc.returncode) for axis, proc, _ in procs if proc.returncode != 0]
+    if failed:
+        code = 2 if all(c == 2 for _, c in failed) else 1
+        msg = "; ".join(f"the {axis} run exited {c}" for axis, c in failed)
+        if code == 2:
+            raise UserError(f"macpo demo: {msg}")
+        print(f"macpo demo: {msg} (see its lines above and its logs under {args.out})", file=sys.stderr)
+        return code
+    text = side_by_side([(axis, cfg) for axis, cfg, _ in runs])
     (Path(args.out) / "summary.md").write_text(text)
     print(text, end="")
     return 0
