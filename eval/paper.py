@@ -28,6 +28,7 @@ PAPER: dict[str, Any] = {
     "train.student_sft.lora_r": 8,
     "train.student_sft.batch_size": 32,
     "train.student_neg_sft.epochs": 1.0,
+    "train.teacher_neg_sft.epochs": 1.0,
     "train.student_neg_sft.lr": 5e-5,
     "train.student_neg_sft.lora_r": 8,
     "train.dpo.loss": "dpo-nll",  # its NLL is the paper's: per chosen answer, length-averaged (dpo_ftx)
@@ -57,14 +58,18 @@ REASONS: dict[str, str] = {
                                 "projection: 0.623, refusals 0.08. Models of ~1M parameters need full fine-tuning",
     "train.student_neg_sft.lora_r": "as train.student_sft.lora_r (the negative agent continues the positive one)",
     "train.dpo.lora_r": "as train.student_sft.lora_r: the DPO rounds continue the full fine-tune",
-    "train.student_sft.lr": "chosen on val by the gold ceiling (student SFT'd on gold labels, 3 epochs): combined "
-                            "0.619 / 0.723 / 0.790 at 5e-4 / 1e-3 / 2e-3 (first world), 0.767 / 0.751 at 1e-3 / 2e-3 "
-                            "(this world); 5e-5 is the paper's rate for LoRA on a 70B model",
-    "train.student_neg_sft.lr": "the student's SFT rate (train.student_sft.lr), for the same reason",
+    "train.student_sft.lr": "chosen on val (helpful axis): naive student helpful 0.315 / 0.725 / 0.590 and gold ceiling "
+                            "- / 0.980 / 0.920 at 1e-4 / 3e-4 / 1e-3; on the harmless axis 3e-4 leaves naive and "
+                            "ceiling at harmless 0.77 where 1e-3 gives every model, teachers included, 0.99-1.00 (no gap "
+                            "to close). 5e-5 is the paper's rate for LoRA on a 70B model",
+    "train.student_neg_sft.lr": "the rate of the earlier sandbox (1e-3): the negative agent must move away from the "
+                                "positive one within its one epoch",
     "train.student_sft.batch_size": "not measured: 64 halves the optimizer steps on CPU; epochs are the paper's",
     "train.dpo.batch_size": "not measured: 32 halves the optimizer steps on CPU; one epoch as in the paper",
-    "train.dpo.lr": "not measured on this world; on the previous sandbox world DPO at lr <= 5e-4 left the student "
-                    "flat or worse and only 1e-3 moved it (full fine-tuning of ~1M parameters, not LoRA on 70B)",
+    "train.dpo.lr": "chosen on val (study variants dpo-lr-1e-4 / 3e-4 / 1e-3, helpful axis, seed 0): final student "
+                    "helpful 0.575 / 0.510 / 0.475 against the naive 0.570; at 1e-3 the dpo-sanity gate failed on the "
+                    "harmless axis (one DPO round on D_w raised over-refusal 0.000 -> 0.381). 1e-5 is the paper's rate "
+                    "for LoRA on a 70B model",
     "eval.greedy": "not measured: greedy decoding gives one deterministic score per model; the paper's test "
                    "script samples at the LLaMA-Factory defaults",
 }

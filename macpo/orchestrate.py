@@ -530,7 +530,9 @@ def side_by_side(runs: list[tuple[str, RunConfig]]) -> str:
             data[axis] = {}
     axes = [a for a, _ in runs]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"  # noqa: E731
-    lines = ["# macpo demo: both axes (combined gold reward on each axis's test split)", "",
+    split = runs[0][1].eval.split if runs else "test"
+    lines = [f"# macpo demo: both axes (each axis's headline gold reward on its {split} split: helpfulness on "
+             "the helpful axis, harmlessness on the harmless axis)", "",
              "| | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
     for key, label in keys:
         lines.append(f"| {label} | " + " | ".join(fmt(data[a].get(key)) for a in axes) + " |")
@@ -543,7 +545,8 @@ def side_by_side(runs: list[tuple[str, RunConfig]]) -> str:
 
 def main(argv: list[str], command: str = "run") -> int:
     if command == "demo":
-        p = make_parser("demo", "Run the full MACPO loop (K=3 teachers, T=3 rounds) on the built-in gold-reward sandbox, on CPU.\n"
+        p = make_parser("demo", "Run the full MACPO loop (K=3 teachers, T=3 rounds) on the built-in gold-reward sandbox, on CPU,\n"
+                        "on both of its axes (helpful, harmless; OUT/<axis>, side by side in OUT/summary.md).\n"
                         "A cold run (pretraining the sandbox models) takes a few minutes; later runs reuse the cache.")
         p.add_argument("--out", default="macpo-demo", help="output folder (default: ./macpo-demo)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")

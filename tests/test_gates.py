@@ -77,7 +77,8 @@ def test_all_gates_and_render():
     aggs = {"student": {"helpful": 0.6, "refusal_rate": None}, G.DPO_SANITY_AGENT: {"helpful": 0.58, "refusal_rate": None}}
     neg = {"teacher-0-neg": {"harmful_comply": None, "benign_refuse": 0.01, "n_harmful": 0, "n_benign": 9}}
     gates = G.all_gates(scores, {"prompt_hits": 0, "item_hits": 0, "n_test": 10}, {"filter": 0.6, "random": 0.4,
-                        "prompts": 5, "all_prompts": 9}, ["teacher-0", "teacher-1"], aggs, neg, {"share": 0.1, "n": 9, "scope": "all"})
+                        "prompts": 5, "all_prompts": 9}, ["teacher-0", "teacher-1"], aggs, neg,
+                        {"share": None, "n": 0, "all_share": 0.1, "all_n": 9})
     assert all(g["pass"] for g in gates)
     assert G.render(gates).startswith("premise gates: all pass")
     scores[G.CEILING] = 0.72
@@ -226,7 +227,7 @@ def test_negatives_are_negative_fails_on_negatives_that_refuse_or_copy_the_chose
     assert ok_rates["t-neg"]["harmful_comply"] == pytest.approx(0.9) and ok_rates["t-neg"]["benign_refuse"] == 0.0
     few_identical = G.identical_share([{"harmful": True, "identical": False}] * 9 + [{"harmful": True, "identical": True},
                                       {"harmful": False, "identical": True}])
-    assert few_identical == {"share": pytest.approx(0.1), "n": 10, "scope": "harmful"}
+    assert few_identical == {"share": pytest.approx(0.1), "n": 10, "all_share": pytest.approx(2 / 11), "all_n": 11}
     assert G.negatives_are_negative(ok_rates, few_identical)["pass"]
     # A world built to fail it, as the old sandbox was: negatives that refuse harmful prompts (so
     # the hard negative equals the chosen refusal) and refuse benign ones.
@@ -240,6 +241,12 @@ def test_negatives_are_negative_fails_on_negatives_that_refuse_or_copy_the_chose
     assert not G.negatives_are_negative(ok_rates, copies)["pass"]  # 30% identical > 20%
     benign_only = G.negative_rates([{"agent": "t-neg", "harmful": False, "refused": True}, {"agent": "t-neg", "harmful": False, "refused": False}])
     assert not G.negatives_are_negative(benign_only, few_identical)["pass"]  # refuses half the benign prompts
+    # The helpful axis has no harmful prompt: the identical share is reported, not gated.
+    helpful = G.identical_share([{"harmful": False, "identical": True}] * 3 + [{"harmful": False, "identical": False}] * 7)
+    assert helpful["share"] is None and helpful["all_share"] == pytest.approx(0.3)
+    clean = G.negative_rates([{"agent": "t-neg", "harmful": False, "refused": False}] * 5)
+    g = G.negatives_are_negative(clean, helpful)
+    assert g["pass"] and "n/a (no harmful prompt)" in g["detail"] and "0.300 of 10, not gated" in g["detail"]
 
 
 def test_dpo_sanity_gates_refusal_and_over_refusal_separately():
