@@ -60,9 +60,22 @@ def collect(store, verify: bool = False) -> dict:
         bar.close()
     out["stale_tmp"] = [str(p.relative_to(store.root)) for p in store.stale_tmp()]
     state = store.root / "run-state.json"
-    if state.is_file():
-        out["run"] = json.loads(state.read_text())
+    if state.exists():
+        out["run"] = _run_state(state)
     return out
+
+
+def _run_state(path) -> dict:
+    """The run state for display; a damaged one is reported (``{"error"}``), never a traceback:
+    status is what a user runs to find out what is wrong."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return {"error": f"{path.name} is unreadable ({type(exc).__name__}); `macpo run` will refuse it until it is deleted"}
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(st, dict) and isinstance(st.get("name"), str) for st in steps):
+        return {"error": f"{path.name} is not a macpo run state; `macpo run` will refuse it until it is deleted"}
+    return data
 
 
 def problems(info: dict) -> list[str]:
@@ -117,7 +130,9 @@ def _render(info: dict) -> list[str]:
         else:
             lines.append(f"  stale temporary folder {tmp} (left by a killed writer; the next write removes it)")
     run = info.get("run")
-    if run:
+    if run and run.get("error"):
+        lines.append(f"run state: {run['error']}")
+    elif run:
         done = sum(1 for s in run.get("steps", []) if s.get("status") == "done")
         lines.append(f"run {run.get('name', '?')}: {done}/{len(run.get('steps', []))} steps done")
         for s in run.get("steps", []):

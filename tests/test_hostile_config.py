@@ -205,3 +205,9 @@ def test_a_damaged_run_state(content, needle, tmp_path):
     (out / "store" / "run-state.json").write_bytes(content)
     one_line_error(run("run", CI, "--out", out), "run-state.json", needle)
     assert sorted(p.name for p in out.iterdir()) == [".macpo-output", ".macpo-run.lock", "store"]  # no run.yaml, no logs
+    # status reports the damage instead of a traceback (it is what a user runs to find out)
+    r = run("status", "--store", out / "store")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "run state: run-state.json" in r.stdout and "macpo run` will refuse it" in r.stdout
+    r = run("status", "--store", out / "store", "--json")
+    assert r.returncode == 0 and "run-state.json" in json.loads(r.stdout)["run"]["error"]
