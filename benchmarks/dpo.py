@@ -1,6 +1,6 @@
-"""dpo_steps_per_s, dpo_bound and dpo_peak_rss_full: DPO(+NLL) steps with stored reference log-probs.
+"""dpo_steps_per_s, dpo_bound and dpo_peak_rss_full: DPO steps with stored reference log-probs.
 
-Ours: the trainer stage of ``macpo train --loss dpo-nll`` (``build_session`` + ``train()``,
+Ours: the trainer stage of ``macpo train --loss dpo`` (``build_session`` + ``train()``,
 the same code path minus saving) on a store round whose pairs carry ``ref_chosen_logps`` /
 ``ref_rejected_logps`` (computed with ``macpo.builder.score.score_pairs``), so no reference
 model is loaded or run. Baseline: stock TRL ``DPOTrainer`` with the same LoRA (r=8, α=16,
@@ -14,7 +14,9 @@ swing with other jobs (wall-clock step times are recorded in the results row too
 - dpo_steps_per_s (LoRA): target ≥ 1.3× and ≥ 0.95 of the bound 1/(1−f), where f is the
   reference forward's share of a stock training step (reference forward / (reference
   forward + policy forward + backward)), timed inside the same stock runs and printed as
-  ``dpo_bound``; per-step losses of both sides must agree to 1e-5.
+  ``dpo_bound``; per-step losses of both sides must agree to 1e-5. Plain DPO on both sides:
+  stock TRL has no per-answer length-averaged NLL term (MACPO's dpo-nll, ``DPONLLTrainer``), so
+  the two losses are only comparable without it; the NLL term costs no extra forward.
 - dpo_peak_rss_full: full fine-tuning, peak RSS ours / stock (stock keeps a reference
   copy), target ≤ 0.9 on SmolLM2. The LoRA peak-RSS ratio is printed too (no target).
 """
@@ -152,7 +154,7 @@ def worker(side: str, model_dir: str, store: str, mode: str, setting: dict, out_
 
     lora = mode == "lora"
     cfg = TrainConfig(
-        data=store, subset="default", model=model_dir, out=str(Path(out_json).with_suffix(".out")), loss="dpo-nll",
+        data=store, subset="default", model=model_dir, out=str(Path(out_json).with_suffix(".out")), loss="dpo",
         lora_r=8 if lora else 0, lora_alpha=16, lora_dropout=0.0, lr=setting["lr_lora" if lora else "lr_full"],
         batch_size=setting["batch"], max_steps=setting["steps"], seed=0, threads=1, cpu=True,
     )
@@ -170,7 +172,7 @@ def worker(side: str, model_dir: str, store: str, mode: str, setting: dict, out_
 
         # The same rows without the stored reference columns: TRL computes the reference itself.
         table = data.prepared.dataset.data.table.drop_columns(["ref_chosen_logps", "ref_rejected_logps"])
-        dataset = to_trl_dataset(table, "dpo-nll", "stock").dataset
+        dataset = to_trl_dataset(table, "dpo", "stock").dataset
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if lora else None

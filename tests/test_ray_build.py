@@ -55,8 +55,12 @@ def make_round0(out: Path, *, prompts: int = 24, shard_size: int = 4, hidden: in
     import pyarrow as pa
 
     models = out / "models" / "round-0"
+    # The base models live outside the run folder (a run never writes over what it reads); its
+    # round-0 models start as copies of them.
+    base = out.parent / f"{out.name}-base"
     for i, agent in enumerate(a + s for a in AGENTS for s in ("", "-neg")):
-        save_tiny_model(models / agent, hidden=hidden, layers=layers, seed=seed + i)
+        save_tiny_model(base / agent, hidden=hidden, layers=layers, seed=seed + i)
+        shutil.copytree(base / agent, models / agent)
     rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 30)))) for _ in range(prompts + 16)]
     q = pa.table({"prompt_id": [f"q{i}" for i in range(prompts)],
@@ -64,7 +68,7 @@ def make_round0(out: Path, *, prompts: int = 24, shard_size: int = 4, hidden: in
                   "split": ["train"] * prompts, "meta": [None] * prompts})
     dw = pairs_table([(t, "sure , here is a kind note", "i cannot help") for t in texts[prompts:]])
     cfg = from_dict({"name": "rt", "out": str(out), "seed": seed, "K": 2, "T": 1,
-                     "teachers": [str(models / "teacher-0"), str(models / "teacher-1")], "student": str(models / "student"),
+                     "teachers": [str(base / "teacher-0"), str(base / "teacher-1")], "student": str(base / "student"),
                      "threads": 1, "shard_size": shard_size,
                      "sampling": {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": max_new_tokens, "batch_size": 8}})
     Store(out / "store", create=True).write("rt-data", "v1", {"dw": Subset("pairs", dw), "q": Subset("prompts", q)})
@@ -309,7 +313,7 @@ def test_ray_config_mistakes_are_one_line_user_errors(run0, tmp_path):
     cases = [
         (["--executor", "spark"], "invalid choice: 'spark'"),
         (["--set", "executor=spark"], "config executor: 'spark' is not one of local, ray"),
-        (["--executor", "ray", "--set", "ray.num_workers=0"], "config ray: num_workers must be >= 1"),
+        (["--executor", "ray", "--set", "ray.num_workers=0"], "config ray.num_workers: 0 is out of range (must be between 1 and"),
         (["--executor", "ray", "--set", "ray.address=127.0.0.1:1"], "cannot join the Ray cluster at 127.0.0.1:1"),
     ]
     for extra, message in cases:

@@ -60,8 +60,9 @@ def test_documents_encode_like_the_tokenizer_and_train_only_what_they_teach(tok)
         trained = [w for w, m in zip(C.text(doc).split(), loss) if m]
         if doc["kind"] == "chat":  # the answer and the user turn that follows it, never the prompt
             assert trained == doc["answer"].split() + [M.USER]
-        elif doc["kind"] == "policy":
-            assert trained[0] == "is" and trained[-2] in ("harmful", "fine")
+        elif doc["kind"] == "policy":  # the verdict, or a target's class; never the request itself
+            assert trained[-1] == "." and (trained[-2] in ("harmful", "fine") and trained[0] == "is"
+                                           or trained[-2] in ("person", "thing") and trained[0] == "a")
     # The chat markers survive decoding (a response that runs on shows it); EOS does not.
     ids = tok("6 8 <|user|> what", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert tok.decode(ids, skip_special_tokens=True) == "6 8 <|user|> what"

@@ -71,12 +71,13 @@ DEFAULTS: dict[str, Any] = {
         "policy": {"pair": 0.5, "class": 0.3, "target": 0.2},
     },
     # Sandbox models (eval/sandbox/models.py): architecture and pretraining length per agent.
-    # Every model reads the same corpus from its start; weak teachers are small and read less.
+    # Every model reads the same corpus from its start. Weak teachers: one layer, which caps their
+    # arithmetic; strong student: four layers (the val measurements are in eval/configs/demo.yaml).
     "models": {
-        "teacher-0": {"hidden": 64, "layers": 2, "steps": 800, "lr": 2e-3},
-        "teacher-1": {"hidden": 80, "layers": 2, "steps": 500, "lr": 2e-3},
-        "teacher-2": {"hidden": 96, "layers": 2, "steps": 400, "lr": 2e-3},
-        "student": {"hidden": 128, "layers": 4, "steps": 1500, "lr": 3e-3},
+        "teacher-0": {"hidden": 64, "layers": 1, "steps": 2000, "lr": 2e-3},
+        "teacher-1": {"hidden": 64, "layers": 1, "steps": 1600, "lr": 2e-3},
+        "teacher-2": {"hidden": 72, "layers": 1, "steps": 2000, "lr": 2e-3},
+        "student": {"hidden": 128, "layers": 4, "steps": 2000, "lr": 2e-3},
     },
     # threads: torch threads for pretraining. Pinned (never chosen from the machine's load):
     # results must depend on the config and seed only, and float sums differ between thread counts.
