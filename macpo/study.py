@@ -100,8 +100,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("gold-ceiling", "the student SFT'd on gold responses with the naive budget (the run's ceiling agent)",
             {"T": 0}, agent="ceiling", round=0),
 ]}
+# DPO learning rates to choose train.dpo.lr on val (issue 21): not in the default matrix.
+LR_VARIANTS = {f"dpo-lr-{lr:.0e}".replace("e-0", "e-"): lr for lr in (1e-4, 3e-4, 1e-3)}
+VARIANTS.update({name: Variant(name, f"MACPO with DPO lr {lr:g} (for choosing train.dpo.lr on val)",
+                               {"train": {"dpo": {"lr": lr}}}) for name, lr in LR_VARIANTS.items()})
 BASELINE = "naive-w2s"
-DEFAULT_VARIANTS = list(VARIANTS)
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in LR_VARIANTS]
 # Run-config fields that no round-0 step reads (they steer rounds >= 1): left out of round-0 keys.
 ROUND_ONLY = ("T", "mutual_positive", "update_teachers", "chosen_rule", "store_ref_logps")
 ROUND_ONLY_TRAIN = ("dpo",)
