@@ -244,3 +244,51 @@ def test_demo_config_world_is_the_default_world():
     for c in (cfg, ci):  # pinned, so results depend on the config and seed only
         assert W.resolve(c.world)["pretrain"]["threads"] >= 1
     assert cfg.train["student_sft"].epochs == 3 and cfg.train["student_neg_sft"].epochs == 1  # the paper's
+
+
+def test_a_pretraining_worker_exits_when_its_parent_is_killed(tmp_path):
+    """kill -9 of the process that pretrains must not leave its pool's workers training on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = f"""
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from macpo.eval.sandbox.models import exit_with_parent
+
+def work(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)  # stands for minutes of pretraining
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=exit_with_parent, initargs=(os.getpid(), 0.1)) as pool:
+        pool.submit(work, {str(pid_file)!r}).result()
+"""
+    path = tmp_path / "pretrain_like.py"  # a file: spawned workers import `work` from __main__
+    path.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(path)])
+    try:
+        deadline = time.time() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and parent.poll() is None, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the pretraining worker outlived its killed parent by 20 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

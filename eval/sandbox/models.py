@@ -334,6 +334,20 @@ def _pretrain_cached(cfg: dict, name: str, final: Path, progress: bool, position
             torch.set_num_threads(old_threads)
 
 
+def exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Pool initializer: a pretraining worker whose parent died (kill -9 of the command or stage
+    that started it) exits instead of training on for minutes as an orphan (seen here: killed
+    sweeps left their workers running). A daemon thread polls the parent pid."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] | None = None,
                    progress: bool = True, processes: int | None = None) -> dict[str, str]:
     """Pretrained base models (before any SFT) for the sandbox agents, trained once and cached.
@@ -373,7 +387,8 @@ def prepare_models(world_cfg: Mapping[str, Any] | None = None, names: list[str] 
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn: a fresh interpreter per worker (no forked torch thread pools or locks).
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_pretrain_cached, cfg, n, dirs[n], progress, i) for i, n in enumerate(todo)]
             for f in futures:
                 f.result()  # a failed model raises here, after the others stopped or finished
