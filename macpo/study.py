@@ -684,11 +684,12 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
                 xs = sorted(pts)
                 ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", lw=2.5 if a == "student" else 1.2, label=a)
             ax.set_title(v, fontsize=9)
+            ax.set_xticks(sorted({r["round"] for r in rows if r["variant"] == v}))
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
-        axes[0][0].set_ylabel("combined gold reward (mean over seeds)")
+        axes[0][0].set_ylabel("gold reward, the axis's headline (mean over seeds)")
         axes[0][0].legend(fontsize=7)
         names.append(_save(plt, fig, out / "study_agents.png").name)
     return names
