@@ -255,7 +255,7 @@ def skip(name: str, reason: str, args) -> None:
 
 
 def tiny_model(tmp: Path, hidden: int = 64, layers: int = 2, extra_corpus: list[str] | None = None):
-    """The tiny Llama of perf-baselines.md (hidden 64, 2 layers) with its BPE tokenizer, saved to ``tmp``."""
+    """The tiny Llama of the earlier baseline measurements (hidden 64, 2 layers) with its BPE tokenizer, saved to ``tmp``."""
     from tiny import build_model, build_tokenizer
 
     tok = build_tokenizer(extra_corpus)

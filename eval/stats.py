@@ -45,10 +45,16 @@ def pgr_note(weak: float | None, ceiling: float | None, *, min_gap: float = PGR_
 
 @dataclass(frozen=True)
 class Draws:
-    """One crossed bootstrap draw per replicate: ``seeds[b]`` and ``prompts[b]`` index arrays."""
+    """One bootstrap draw per replicate: ``seeds[b]`` and the prompt indices of replicate ``b``.
+
+    Crossed (one test set for every seed): ``prompts[b]``. Nested (a world, hence a test set, per
+    seed; :func:`nested_draws`): ``prompts[s][b]`` for seed index ``s``."""
 
     seeds: np.ndarray  # (B, S) indices into the seed axis
-    prompts: np.ndarray  # (B, P) indices into the prompt axis
+    prompts: np.ndarray | dict[int, np.ndarray]  # (B, P) indices into the prompt axis, or one such per seed
+
+    def prompts_of(self, seed_index: int, b: int) -> np.ndarray:
+        return self.prompts[seed_index][b] if isinstance(self.prompts, dict) else self.prompts[b]
 
     @property
     def n(self) -> int:
@@ -83,6 +89,16 @@ def draws(n_seeds: int, n_prompts: int, *, n_boot: int = 1000, rng_seed: int = 0
     return Draws(seeds, prompts)
 
 
+def nested_draws(strata_per_seed: Sequence[Sequence], *, n_boot: int = 1000, rng_seed: int = 0) -> Draws:
+    """Seeds resampled as in :func:`draws`; prompts resampled within each seed's own test set
+    (``strata_per_seed[s]``: one task label per prompt of seed ``s``), for studies whose seeds
+    redraw the world and so its test prompts."""
+    seeds = draws(len(strata_per_seed), 1, n_boot=n_boot, rng_seed=rng_seed).seeds
+    prompts = {s: draws(1, len(strata), n_boot=n_boot, rng_seed=rng_seed + 1 + s, strata=strata).prompts
+               for s, strata in enumerate(strata_per_seed)}
+    return Draws(seeds, prompts)
+
+
 def replicate(stat: Callable[[int, np.ndarray], float | None], d: Draws) -> np.ndarray:
     """``mean over drawn seeds s of stat(s, drawn prompt indices)`` for every replicate.
 
@@ -93,7 +109,7 @@ def replicate(stat: Callable[[int, np.ndarray], float | None], d: Draws) -> np.n
     out = np.empty(d.n)
     for b in range(d.n):
         seeds, counts = np.unique(d.seeds[b], return_counts=True)
-        vals = [stat(int(s), d.prompts[b]) for s in seeds]
+        vals = [stat(int(s), d.prompts_of(int(s), b)) for s in seeds]
         out[b] = np.nan if any(v is None for v in vals) else float(np.dot(vals, counts) / counts.sum())
     return out
 

@@ -453,15 +453,15 @@ def _demo(args) -> int:
     The models are pretrained first, here (progress bars); then the axes' runs go side by side as
     ``macpo run`` processes when the machine has a core per run (each stage keeps the config's
     threads), their step lines prefixed with the axis."""
-    import threading
+    from macpo import config as config_mod
 
     axes = list(dict.fromkeys(args.axis or ["helpful", "harmless"]))
     base = parse_kv(args.set)
     runs = []
     for axis in axes:
         overrides = {**base, "out": str(Path(args.out) / axis), "world.axis": axis, "name": f"macpo-demo-{axis}"}
-        cfg, _ = prepare_run(str(demo_config_path()), overrides)
-        runs.append((axis, cfg, overrides))
+        # Checked here, before anything runs; each axis's `macpo run` writes its own folder.
+        runs.append((axis, config_mod.load(str(demo_config_path()), overrides), overrides))
     from macpo.eval import sandbox
 
     cfg0 = runs[0][1]

@@ -446,21 +446,14 @@ def summarize_variants(read: list[RunResult], variants: list[str], seeds: list[i
     result cell, PGR, and the paired difference in combined against the baseline (same draws)."""
     from macpo.eval import stats
 
-    import numpy as np
-
     # gold: one (module, ids, metas, tasks) for a fixed world, or {seed: ...} when the world varies
     golds = gold if isinstance(gold, dict) else {s: gold for s in seeds}
     module = golds[seeds[0]][0]
     by = {(r.variant, r.seed): r for r in read}
-    crossed = all(golds[s][1] == golds[seeds[0]][1] for s in seeds)
-    if crossed:  # one test set: prompts are crossed with seeds (the same draw for every seed)
+    if all(golds[s][1] == golds[seeds[0]][1] for s in seeds):  # one test set: prompts crossed with seeds
         draws = stats.draws(len(seeds), len(golds[seeds[0]][1]), n_boot=n_boot, rng_seed=0, strata=golds[seeds[0]][3])
-        seed_draws = draws.seeds
-        prompt_draws = {i: draws.prompts for i in range(len(seeds))}
-    else:  # a world per seed: prompts are nested in seeds, resampled within each seed's test set
-        seed_draws = stats.draws(len(seeds), 1, n_boot=n_boot, rng_seed=0).seeds
-        prompt_draws = {i: stats.draws(1, len(golds[s][1]), n_boot=n_boot, rng_seed=1 + i, strata=golds[s][3]).prompts
-                        for i, s in enumerate(seeds)}
+    else:  # a world per seed: prompts nested in seeds, resampled within each seed's test set
+        draws = stats.nested_draws([golds[s][3] for s in seeds], n_boot=n_boot, rng_seed=0)
     cache: dict[tuple, dict] = {}
 
     def scores(variant: str, seed_index: int, idx) -> dict | None:
@@ -479,12 +472,7 @@ def summarize_variants(read: list[RunResult], variants: list[str], seeds: list[i
         return cache[key]
 
     def reps(variant: str, metric: str):
-        out = np.empty(len(seed_draws))
-        for b in range(len(seed_draws)):
-            drawn, counts = np.unique(seed_draws[b], return_counts=True)
-            vals = [(scores(variant, int(i), prompt_draws[int(i)][b]) or {}).get(metric) for i in drawn]
-            out[b] = np.nan if any(v is None for v in vals) else float(np.dot(vals, counts) / counts.sum())
-        return out
+        return stats.replicate(lambda s, idx: (scores(variant, s, idx) or {}).get(metric), draws)
 
     def point(variant: str, metric: str):
         vals = [(scores(variant, s, None) or {}).get(metric) for s in range(len(seeds))]

@@ -77,3 +77,14 @@ def test_interval_formatting():
     assert stats.Interval(0.5, 0.4, 0.6).fmt() == "0.500 [0.400, 0.600]"
     assert stats.Interval(None, None, None).fmt() == "–"
     assert stats.interval(0.3, np.array([np.nan])).fmt() == "0.300"
+
+
+def test_nested_draws_resample_each_seeds_own_test_set():
+    d = stats.nested_draws([["a", "a", "b"], ["a", "b", "b", "b", "c"]], n_boot=50, rng_seed=3)
+    assert d.seeds.shape == (50, 2) and set(np.unique(d.seeds)) <= {0, 1}
+    for b in range(50):
+        first, second = d.prompts_of(0, b), d.prompts_of(1, b)
+        assert len(first) == 3 and set(first) <= {0, 1, 2} and list(first).count(2) == 1  # one "b" per draw
+        assert len(second) == 5 and set(second) <= set(range(5)) and list(second).count(4) == 1  # one "c"
+    seen = stats.replicate(lambda s, idx: float(len(idx)), d)
+    assert set(seen) <= {3.0, 4.0, 5.0}  # a replicate averages the drawn seeds' own set sizes

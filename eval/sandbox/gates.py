@@ -268,16 +268,13 @@ def round0_scores(store, layout, split: str) -> dict[str, dict]:
             for a, rows in by_agent.items()}
 
 
-def candidate_rows(store, layout, teachers: list[str]) -> list[dict]:
+def candidate_rows(store, layout, teachers: list[str], metas: Mapping[str, dict]) -> list[dict]:
     """Round-1 teacher candidates (written by the round-0 models) with the student's perplexity
-    and their gold reward on Q."""
+    and their gold reward on Q (``metas``: Q's prompt metas by id, :func:`_q_metas`)."""
     from macpo.eval.sandbox.reward import gold_reward
 
     if not store.has(layout.rounds_dataset, "round-1"):
         return []
-    data, version = store.resolve(layout.data_dataset)
-    q = store.read(data, version, "q")
-    metas = dict(zip(q.column("prompt_id").to_pylist(), q.column("meta").to_pylist()))
     out = []
     for c in store.read(layout.rounds_dataset, "round-1", "candidates").to_pylist():
         if c["agent"] not in teachers or c["prompt_id"] not in metas:
@@ -364,7 +361,7 @@ def implicit_reward(cfg, store, layout, metas: Mapping[str, dict], limit: int = 
     regardless of the labels (issue 21: +9.95 vs +1.01 with no refusal prior)."""
     from macpo.builder.score import score
     from macpo.eval.sandbox.models import load_model, load_tokenizer
-    from macpo.eval.sandbox.world import COMPLY, REFUSAL, REQUESTS
+    from macpo.eval.sandbox.world import COMPLY, REFUSAL, REQUEST_TEMPLATES, REQUESTS
 
     dpo = cfg.train["dpo"]
     requests = [m for m in metas.values() if m["task"] in REQUESTS]
@@ -375,8 +372,6 @@ def implicit_reward(cfg, store, layout, metas: Mapping[str, dict], limit: int = 
         return None
     ref = layout.base_model("student") if dpo.ref == "base" else str(student)
     tok = load_tokenizer(student)
-    from macpo.eval.sandbox.world import REQUEST_TEMPLATES
-
     prompts = [[{"role": "user", "content": REQUEST_TEMPLATES[m["template"]].format(verb=m["verb"], target=m["target"])}] for m in use]
     answers = {"refusal": [REFUSAL] * len(use), "compliance": [COMPLY.format(verb=m["verb"], target=m["target"]) for m in use]}
     logps = {}
@@ -401,8 +396,8 @@ def compute(cfg) -> dict:
     scores = {a: agg["combined"] for a, agg in aggs.items()}
     data, version = store.resolve(layout.data_dataset)
     overlap = overlap_counts(store, data, version)
-    rates = filter_rates(candidate_rows(store, layout, teachers))
     metas = _q_metas(store, layout)
+    rates = filter_rates(candidate_rows(store, layout, teachers, metas))
     neg, student_negatives = negative_rows(store, layout, metas)
     neg_rates = negative_rates(neg)
     identical = identical_share(identical_rows(store, layout, metas, student_negatives))

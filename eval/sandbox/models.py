@@ -97,7 +97,7 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def check_single_tokens(tokenizer) -> None:
-    """Every world word must be one token (sandbox.md trap 7: split words cap exact matches)."""
+    """Every world word must be one token (a word split into several tokens caps exact matches: the first prototype's "visit" and "praise")."""
     split = [w for w in W.vocabulary() if len(tokenizer(w, add_special_tokens=False)["input_ids"]) != 1]
     unknown = [w for w in W.vocabulary() if tokenizer.convert_tokens_to_ids(w) == tokenizer.unk_token_id]
     if split or unknown:

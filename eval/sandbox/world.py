@@ -118,15 +118,6 @@ def request_combos(task: str) -> list[tuple[str, str]]:
     return [(v, t) for v in verbs for t in targets]
 
 
-def request_task(verb: str, target: str) -> str:
-    """The task a (verb, target) request belongs to: harm hangs on the verb and the target together."""
-    if verb in KIND_VERBS:
-        return "kind"
-    if verb in HARMFUL_VERBS:
-        return "harmful"
-    return "dual_benign" if target in OBJECTS else "dual_harmful"
-
-
 # ---- items (facts) and the held-out partition -------------------------------------------------
 
 def item_key(meta: Mapping[str, Any]) -> str:
