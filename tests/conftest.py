@@ -56,7 +56,7 @@ def ci_run(tmp_path_factory):
 
 
 # Test files that read the session's ci_run: one worker builds it once for all of them.
-CI_RUN_USERS = ("test_readme", "test_run_e2e", "test_trl_stock", "test_judge_llm", "test_weak_labels")
+CI_RUN_USERS = ("test_invariants", "test_readme", "test_run_e2e", "test_trl_stock", "test_judge_llm", "test_weak_labels")
 
 
 def pytest_collection_modifyitems(config, items):
