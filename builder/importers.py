@@ -58,6 +58,7 @@ from typing import Callable, Iterator
 
 from macpo.cliutil import make_parser
 from macpo.errors import UserError
+from macpo.hub import parse_repo_ref
 
 FORMATS = ("hh-rlhf", "pku-saferlhf", "trl", "llamafactory")
 # Formats whose preference labels are human by definition: their rows default to agent "human".
@@ -509,8 +510,6 @@ def _iter_saved_dataset(path: Path, split: str = "train"):
 
 
 def _iter_hub(ref: str, hub: HubOptions):
-    from macpo.builder.publish import parse_repo_ref
-
     repo, revision = parse_repo_ref(ref)  # names the Hub client would reject: one line, no request
     from datasets import load_dataset
 

@@ -9,29 +9,26 @@ is tagged ``<version>`` only after checking that it carries this version's manif
 Each subset is one config ``<version>-<subset>`` in the card's YAML; configs of earlier rounds
 and any other card metadata already on the Hub are kept. Pushing content that is already
 tagged is a no-op; pushing different content under an existing tag is refused. The token
-comes from ``HF_TOKEN`` or ``hf auth login`` and is never printed.
-
-Reading back: ``snapshot("org/name@round-1")`` downloads a published revision and returns
-the local folder plus the resolved commit sha.
+comes from ``HF_TOKEN`` or ``hf auth login`` and is never printed. Reading a published round
+back (``snapshot``) is :mod:`macpo.hub`'s.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from macpo.cliutil import make_parser
+from macpo import facts
+from macpo.audit import run_audits
+from macpo.cliutil import make_parser, run_script
+from macpo.data_cards.cards import AuditRow, ref_columns_in, render_dataset_card, sample_rows
 from macpo.errors import UserError
-
-REPO_TYPE = "dataset"
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+from macpo.hub import REPO_TYPE, check_repo_id, first_line, http_status, hub_errors, is_transient, redact
+from macpo.store import Store
 
 
 @dataclass(frozen=True)
@@ -43,109 +40,6 @@ class PushResult:
     content_hash: str
     url: str | None = None
     dataset: str | None = None  # the store dataset the version came from
-
-
-# ---- repo references -------------------------------------------------------------------
-def parse_repo_ref(ref: str) -> tuple[str, str | None]:
-    """``"org/name@round-1"`` -> ``("org/name", "round-1")``; no ``@`` -> revision None (main)."""
-    text = ref.strip()
-    for prefix in ("hf://datasets/", "datasets/"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    repo, sep, rev = text.partition("@")
-    if not _REPO_ID_RE.match(repo) or (sep and not rev):
-        raise UserError(f"{ref!r} is not a Hub dataset reference ORG/NAME[@REVISION]")
-    reason = _client_rejects(repo)
-    if reason:
-        raise UserError(f"{ref!r}: the Hub client rejects this repo name ({reason})")
-    return repo, (rev or None)
-
-
-def _client_rejects(repo: str) -> str | None:
-    """Why huggingface_hub would refuse ``repo`` (its own ``validate_repo_id``), or None: asked up
-    front, so a bad name is one line before any store reading or network call."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo)
-    except HFValidationError as exc:
-        return _first_line(exc)
-    return None
-
-
-def _check_repo_id(repo: str) -> str:
-    if not _REPO_ID_RE.match(repo):
-        raise UserError(f"--repo {repo!r}: expected ORG/NAME")
-    reason = _client_rejects(repo)
-    if reason:
-        raise UserError(f"--repo {repo!r}: the Hub client rejects this name ({reason})")
-    return repo
-
-
-# ---- errors -----------------------------------------------------------------------------
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "hf_***") if token else text
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level failures (no HTTP status): huggingface_hub 2.x speaks httpx2."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        try:
-            errors.append(__import__(module).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-@contextmanager
-def _hub_errors(what: str, token: str | None):
-    """Turn Hub/client failures into one-line UserErrors that never contain the token."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        yield
-    except UserError as exc:
-        raise UserError(_redact(str(exc), token)) from None
-    except RepositoryNotFoundError:
-        raise UserError(f"{what}: repository not found on the Hub (or the token has no access)") from None
-    except RevisionNotFoundError:
-        raise UserError(f"{what}: revision not found on the Hub") from None
-    except HfHubHTTPError as exc:
-        status = _status(exc)
-        if status in (401, 403):
-            raise UserError(
-                f"{what}: the Hub refused the token (HTTP {status}); check HF_TOKEN or run `hf auth login`"
-            ) from None
-        raise UserError(_redact(f"{what}: Hub error ({_first_line(exc)})", token)) from None
-    except _transport_errors() as exc:
-        from huggingface_hub import constants
-
-        raise UserError(_redact(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({_first_line(exc)})", token)) from None
-    except json.JSONDecodeError:
-        # The client's r.json() on a 200 that is a web page: a captive portal, a proxy, a wrong HF_ENDPOINT.
-        from huggingface_hub import constants
-
-        raise UserError(f"{what}: {constants.ENDPOINT} answered with something that is not the Hub API (not JSON; "
-                        "a login page or proxy?); check HF_ENDPOINT and the network") from None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(exc, HfHubHTTPError):
-        return _status(exc) in TRANSIENT_STATUS
-    return isinstance(exc, _transport_errors())
 
 
 def _token() -> str:
@@ -168,7 +62,7 @@ def _remote_manifest(api, repo: str, version: str, revision: str) -> dict | None
         except EntryNotFoundError:
             return None
         except HfHubHTTPError as exc:
-            if _status(exc) == 404:
+            if http_status(exc) == 404:
                 return None
             raise
         try:
@@ -212,7 +106,7 @@ def _load_card(api, repo: str, revision: str):
         try:
             card = DatasetCard(text)
         except (ValueError, yaml.YAMLError) as exc:
-            raise UserError(f"{repo}: the README on the Hub has invalid YAML metadata ({_first_line(exc)}); {fix}") from None
+            raise UserError(f"{repo}: the README on the Hub has invalid YAML metadata ({first_line(exc)}); {fix}") from None
         # The merge keeps every existing config: each must be a mapping named by a string.
         configs = getattr(card.data, "configs", None)
         if configs is not None and not (isinstance(configs, list) and all(
@@ -224,18 +118,11 @@ def _load_card(api, repo: str, revision: str):
 
 # ---- the push ---------------------------------------------------------------------------
 def _audit_rows(store, name: str, version: str):
-    """Audit results for the card; a missing or failing audit module degrades to a note.
+    """Audit results for the card; an audit that cannot run degrades to a note.
 
     The audits read the version's stored facts (macpo/facts.py): they are recomputed from the
     (verified) data first, and facts that differ are rebuilt, or the card says the audits were
     not run; a forged facts shard never reaches the card."""
-    from macpo import facts
-    from macpo.data_cards.cards import AuditRow
-
-    try:
-        from macpo.audit import run_audits
-    except ImportError:
-        return [], "Audits not run: `macpo audit` is not available in this installation."
     folder, manifest = store.path(name, version), store.manifest(name, version)
     damage = facts.facts_problems(folder, manifest)
     if damage:
@@ -294,11 +181,8 @@ def push(
     """Publish ``dataset/version`` of the store at ``store_dir`` to the dataset repo ``repo``."""
     from huggingface_hub import HfApi, constants
 
-    from macpo.data_cards.cards import ref_columns_in, render_dataset_card, sample_rows
-    from macpo.store import Store
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    _check_repo_id(repo)
+    check_repo_id(repo)
     store = Store(store_dir)
     if dataset is None and version is not None:
         dataset = _dataset_holding(store, version, log)
@@ -315,7 +199,7 @@ def push(
     token = _token()
     api = HfApi(token=token)
 
-    with _hub_errors(repo, token):
+    with hub_errors(repo, token):
         # None (not False) without --private: keep the organisation's default visibility.
         api.create_repo(repo, repo_type=REPO_TYPE, private=True if private else None, exist_ok=True)
         tagged = _tag_target(api, repo, version)
@@ -346,16 +230,16 @@ def push(
                 )
                 break
             except Exception as exc:  # noqa: BLE001 - classified right below
-                stale = _status(exc) == 412
-                if not (stale or _is_transient(exc)):
+                stale = http_status(exc) == 412
+                if not (stale or is_transient(exc)):
                     raise
                 if attempt > retries:
                     raise UserError(
                         f"push of {name}/{version} to {repo} failed after {attempt} attempt{'s' if attempt > 1 else ''} "
-                        f"({_redact(_first_line(exc), token)}); nothing was tagged and no partial round was committed"
+                        f"({redact(first_line(exc), token)}); nothing was tagged and no partial round was committed"
                     ) from None
                 wait = 0.0 if stale and attempt == 1 else retry_wait * 2 ** (attempt - 1)
-                reason = "main moved since it was read (412)" if stale else _redact(_first_line(exc), token)
+                reason = "main moved since it was read (412)" if stale else redact(first_line(exc), token)
                 log(f"macpo push: attempt {attempt} failed: {reason}; retrying in {wait:g}s")
                 time.sleep(wait)
 
@@ -412,75 +296,18 @@ def _create_tag(api, repo, name, version, content_hash, oid, retries, retry_wait
             api.create_tag(repo, tag=version, revision=oid, repo_type=REPO_TYPE, tag_message=f"{name}/{version} {content_hash}")
             return
         except Exception as exc:  # noqa: BLE001 - classified right below
-            if _status(exc) == 409:  # tagged meanwhile (or our earlier reply was lost): same content?
+            if http_status(exc) == 409:  # tagged meanwhile (or our earlier reply was lost): same content?
                 target = _tag_target(api, repo, version)
                 if target == oid or _already_tagged(api, repo, name, version, content_hash, target):
                     return
-            if not _is_transient(exc) or attempt > retries:
+            if not is_transient(exc) or attempt > retries:
                 raise UserError(
                     f"committed {name}/{version} to {repo} as {oid[:12]} but could not tag it "
-                    f"({_redact(_first_line(exc), token)}); run the same push again to tag it"
+                    f"({redact(first_line(exc), token)}); run the same push again to tag it"
                 ) from None
             wait = retry_wait * 2 ** (attempt - 1)
-            log(f"macpo push: tagging failed: {_redact(_first_line(exc), token)}; retrying in {wait:g}s")
+            log(f"macpo push: tagging failed: {redact(first_line(exc), token)}; retrying in {wait:g}s")
             time.sleep(wait)
-
-
-# ---- reading back -----------------------------------------------------------------------
-def _snapshot_root(repo: str, cache_dir: str | Path | None) -> Path:
-    from huggingface_hub import constants
-
-    base = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "macpo" / "snapshots"
-    return base / ("datasets--" + repo.replace("/", "--"))
-
-
-def snapshot(repo_at_rev: str, cache_dir: str | Path | None = None) -> tuple[Path, str]:
-    """Download a published revision: ``"org/name@round-1"`` -> (local folder, resolved commit sha).
-
-    The folder holds real files, not the Hub cache's symlinks into ``blobs/``: sandboxes such as
-    DuckDB's ``allowed_directories`` (``macpo sql --hub``) resolve links and would refuse them.
-    One folder per commit sha, written to a temporary name and renamed, so it is never partial;
-    with ``HF_HUB_OFFLINE`` set, a revision fetched before is served from it.
-    """
-    import shutil
-    import uuid
-    from urllib.parse import quote
-
-    from huggingface_hub import HfApi, constants, get_token, snapshot_download
-
-    repo, revision = parse_repo_ref(repo_at_rev)
-    root = _snapshot_root(repo, cache_dir)
-    ref_file = root / "refs" / quote(revision or "main", safe="")
-    if constants.HF_HUB_OFFLINE:
-        sha = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else (
-            ref_file.read_text().strip() if ref_file.is_file() else None
-        )
-        if not sha or not (root / sha).is_dir():
-            raise UserError(f"{repo_at_rev}: no local snapshot and HF_HUB_OFFLINE is set (fetch it once online)")
-        return root / sha, sha
-
-    token = get_token()
-    with _hub_errors(repo_at_rev, token):
-        sha = HfApi().dataset_info(repo, revision=revision).sha
-        folder = root / sha
-        if not folder.is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = root / f".tmp-{sha[:12]}-{uuid.uuid4().hex[:8]}"
-            try:
-                snapshot_download(repo, repo_type=REPO_TYPE, revision=sha, local_dir=tmp)
-                shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
-                try:
-                    tmp.rename(folder)
-                except OSError:
-                    if not folder.is_dir():  # not a concurrent snapshot of the same sha: a real failure
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    ref_file.parent.mkdir(parents=True, exist_ok=True)
-    ref_tmp = ref_file.with_name(f".{ref_file.name}.{uuid.uuid4().hex[:8]}")
-    ref_tmp.write_text(sha + "\n")
-    ref_tmp.replace(ref_file)
-    return folder, sha
 
 
 # ---- CLI --------------------------------------------------------------------------------
@@ -522,6 +349,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from macpo.cli import main as cli_main
-
-    raise SystemExit(cli_main(["push", *sys.argv[1:]]))
+    run_script("macpo push", main)

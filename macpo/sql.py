@@ -50,6 +50,7 @@ from pathlib import Path
 from macpo.cliutil import make_parser
 from macpo.errors import UserError
 from macpo.facts import fact_expressions, fact_files, fact_select_list, scalar_columns
+from macpo.hub import snapshot
 from macpo.schema import KINDS, MESSAGES
 
 BATCH_ROWS = 1000
@@ -607,8 +608,6 @@ def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None
     store = Store(store_dir)
     sources = store_sources(store, dataset, version)
     for ref in hub or []:
-        from macpo.builder.publish import snapshot
-
         folder, _sha = snapshot(ref)
         name = ref.partition("@")[0].replace("/", "--")
         sources += snapshot_sources(Path(folder), name)

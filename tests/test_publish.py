@@ -136,7 +136,7 @@ def readme_yaml(hub, repo, rev="main") -> tuple[dict, str]:
 
 # ---- pure helpers -----------------------------------------------------------------------
 def test_parse_repo_ref():
-    from macpo.builder.publish import parse_repo_ref
+    from macpo.hub import parse_repo_ref
     from macpo.errors import UserError
 
     assert parse_repo_ref("org/name@round-1") == ("org/name", "round-1")
@@ -187,22 +187,19 @@ def test_card_merge_keeps_existing_metadata_and_prose(store_dir):
     assert str(again) == text
 
 
-def test_card_for_an_import_and_without_audit_module(tmp_path, monkeypatch):
-    from macpo.builder.publish import _audit_rows
+def test_card_for_an_import_without_audits(tmp_path):
     from macpo.data_cards.cards import agents_from, render_dataset_card
     from macpo.store import Store, Subset
 
     store = Store(tmp_path / "s", create=True)
     store.write("hh", "v1", {"default": Subset("pairs", pairs_table([("q", "a", "b")]))}, extra={"source": {"path": "hh.jsonl", "format": "hh-rlhf"}})
-    monkeypatch.setitem(sys.modules, "macpo.audit", None)  # as if the audit module were not installed
-    audits, note = _audit_rows(store, "hh", "v1")
-    assert audits == [] and "not available" in note
+    note = "Audits skipped (--no-audit)."  # what push writes without audits
     manifest = store.manifest("hh", "v1")
     text = str(render_dataset_card(manifest=manifest, repo_id="o/hh", audit_note=note))
     # The data's format, from the import's `source`; not the store's own layout version.
     assert "No model agents recorded" in text and "None recorded" in text and "import (hh-rlhf)" in text
     assert "import (macpo.store" not in text
-    assert "not available" in text and 'load_dataset("o/hh", "v1-default", revision="v1", split="train")' in text
+    assert note in text and 'load_dataset("o/hh", "v1-default", revision="v1", split="train")' in text
     # The manifest's `models` may be a plain id, a mapping with a revision, or a list.
     assert agents_from({"models": {"student": "m/s", "teacher-0": {"model_id": "m/t", "sha": "abc"}}}) == [
         {"name": "student", "model": "m/s", "revision": None},
@@ -436,7 +433,7 @@ def test_snapshot_and_missing_repo(hub, env, store_dir):
     assert push(env, store_dir, repo).returncode == 0
     p = run_py(env, f"""
         import json
-        from macpo.builder.publish import snapshot
+        from macpo.hub import snapshot
         from macpo.errors import UserError
         folder, sha = snapshot({repo + "@round-1"!r})
         manifest = json.loads((folder / "round-1" / "manifest.json").read_text())
@@ -466,7 +463,7 @@ def test_snapshot_and_missing_repo(hub, env, store_dir):
     # Offline, a revision fetched before comes from the local snapshot; anything else is one line.
     offline = run_py({**env, "HF_HUB_OFFLINE": "1"}, f"""
         import json
-        from macpo.builder.publish import snapshot
+        from macpo.hub import snapshot
         from macpo.errors import UserError
         folder, sha = snapshot({repo + "@round-1"!r})
         try:
