@@ -97,15 +97,15 @@ class RoundBuilder:
         return self.store.read(self.layout.rounds_dataset, version, subset)
 
     def _sampling(self, round_: int, agent: str, shard: int, greedy: bool = False):
-        from macpo.builder.generate import SamplingParams, derive_seed
+        from macpo.builder.generate import derive_seed
 
         s = self.cfg.sampling
         seed = derive_seed(s.seed, self.cfg.seed, round_, agent, shard)
         # negative: self contrasts with the agent's second plain sample, so it needs two.
         n = max(s.n, 2) if self.cfg.negative == "self" and self.cfg.method == "macpo" else s.n
         if greedy:
-            return SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens, n=1, seed=seed)
-        return SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, n, seed)
+            return s.for_call(seed, greedy=True)
+        return s.for_call(seed, n=n)
 
     # ---- sharded, resumable generation ---------------------------------------------------
     def scorer(self, agent: str, model_path: Path):

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from macpo.builder.generate import Messages, SamplingParams, derive_seed, render_prompts
+from macpo.builder.engine import Messages, derive_seed, render_prompts
+from macpo.builder.models import is_adapter_dir, resolve_adapters
 from macpo.errors import UserError
+from macpo.sampling import SamplingParams
 
 # vLLM's punica kernels are compiled for these LoRA ranks only.
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -59,8 +62,6 @@ def cpu_threads_bind(environ: Mapping[str, str] | None = None, cpus: Sequence[in
     after 360 s (LoRA on CPU adds many small torch ops per layer, each a parallel region). That was
     the real-LM run's stall. ``None``: keep the user's value (``nobind`` and lists included).
     """
-    import os
-
     environ = os.environ if environ is None else environ
     if "VLLM_CPU_OMP_THREADS_BIND" in environ:
         return None
@@ -162,7 +163,7 @@ def _shared_engine(vllm: Any, kwargs: dict[str, Any], lora_rank: int | None, max
 
 
 class VLLMGenerator:
-    """The :class:`~macpo.builder.generate.Generator` protocol over ``vllm.LLM``.
+    """The :class:`~macpo.builder.engine.Generator` protocol over ``vllm.LLM``.
 
     Engine settings left at ``None`` are vLLM's defaults, except ``gpu_memory_utilization``
     (``None`` or 0) on a CPU build (:data:`CPU_MEMORY_UTILIZATION`, unless ``VLLM_CPU_KVCACHE_SPACE`` sizes the
@@ -187,10 +188,6 @@ class VLLMGenerator:
         progress: bool = True,
         vllm: Any = None,
     ):
-        import os
-
-        from macpo.builder.models import is_adapter_dir, resolve_adapters
-
         self.vllm = vllm or _import_vllm()
         self.progress = progress
         base, adapters, self.default_adapter = resolve_adapters(base, adapters)

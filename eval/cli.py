@@ -118,7 +118,7 @@ def _agent_model(layout: RunLayout, agent: str, round_: int):
 def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     import pyarrow as pa
 
-    from macpo.builder.generate import SamplingParams, backend_record, generator_for
+    from macpo.builder.generate import backend_record, generator_for
     from macpo.store import Store, Subset
 
     apply_threads(cfg)
@@ -129,8 +129,7 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
     prompts = test.column("prompt").to_pylist()
     metas = test.column("meta").to_pylist()
     s = cfg.sampling
-    params = (SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens, seed=cfg.seed) if cfg.eval.greedy
-              else SamplingParams(s.temperature, s.top_p, s.top_k, s.max_new_tokens, 1, cfg.seed))
+    params = s.for_call(cfg.seed, n=1, greedy=cfg.eval.greedy)
     rows = []
     agents = eval_agents(cfg, round_)
     for agent in agents:

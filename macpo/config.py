@@ -19,6 +19,7 @@ import yaml
 
 from macpo.errors import UserError
 from macpo.hashing import json_hash
+from macpo.sampling import SamplingParams
 
 METHODS = ("macpo", "naive-w2s", "spac", "spin", "dpo")
 
@@ -50,14 +51,14 @@ class AgentSpec:
                                   "by every stage")
 
 
-@dataclass
-class SamplingConfig:
-    temperature: float = _f(0.7, "sampling temperature (0 = greedy; 0 to 100)")
-    top_p: float = _f(1.0, "nucleus sampling threshold, in (0, 1]")
-    top_k: int = _f(0, "top-k sampling (0 = off; >= 0)")
-    max_new_tokens: int = _f(32, "maximum generated tokens per response (1 to 1,000,000)")
-    n: int = _f(1, "samples per prompt per agent (1 to 1,000)")
-    seed: int = _f(0, "generation seed; each (round, agent) derives its own from it (0 to 2^32-1)")
+@dataclass(frozen=True)
+class SamplingConfig(SamplingParams):
+    """The run's sampling: :class:`~macpo.sampling.SamplingParams` (its defaults and limits, checked
+    as the config loads) plus the generation batch size."""
+
+    WHERE = "config sampling"
+    # A config's seed is below 2^32 too (each call derives its own 63-bit seed from it).
+    LIMITS = {**SamplingParams.LIMITS, "seed": (0, 2**32 - 1), "batch_size": (1, 10**6)}
     batch_size: int = _f(64, "prompts per generation batch (1 to 1,000,000)")
 
 
@@ -313,8 +314,7 @@ _MAX_CONFIG_INT = 10**18
 _RANGES = [
     ("seed", 0, (2**32 - 1) // 1000 - 1), ("K", 0, MAX_K), ("T", 0, MAX_T), ("threads", 0, 1024),
     ("shard_size", 1, 10**6),
-    ("sampling.temperature", 0, 100), ("sampling.top_k", 0, None), ("sampling.max_new_tokens", 1, 10**6),
-    ("sampling.n", 1, 1000), ("sampling.seed", 0, 2**32 - 1), ("sampling.batch_size", 1, 10**6),
+    # sampling's limits are its type's (SamplingConfig.LIMITS), checked as the section is built.
     ("generation.tensor_parallel_size", 1, 1024), ("generation.max_model_len", 0, None),
     ("ray.num_workers", 1, 10**4), ("ray.max_retries", 0, None), ("ray.num_gpus_per_worker", 0, None),
     ("eval.batch_size", 1, 10**6),
@@ -334,8 +334,6 @@ def check_ranges(cfg: RunConfig) -> None:
         if (low is not None and v < low) or (high is not None and v > high):
             bound = f"between {low:,} and {high:,}" if high is not None else f">= {low:,}"
             raise UserError(f"config {path}: {v!r} is out of range (must be {bound})")
-    if not 0 < cfg.sampling.top_p <= 1:
-        raise UserError(f"config sampling.top_p: {cfg.sampling.top_p!r} is out of range (must be in (0, 1])")
     if not cfg.ray.num_cpus_per_worker > 0:
         raise UserError(f"config ray.num_cpus_per_worker: {cfg.ray.num_cpus_per_worker!r} is out of range (must be > 0)")
 

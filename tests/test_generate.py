@@ -133,7 +133,8 @@ def test_named_adapters_change_generation_and_none_is_the_base(talky_dir, tmp_pa
 def test_sampling_params_validate_and_come_from_the_run_config():
     from macpo.config import SamplingConfig
 
-    params = SamplingParams.from_config(SamplingConfig(temperature=0.9, n=2, seed=4))
+    params = SamplingConfig(temperature=0.9, n=2, seed=1).for_call(seed=4)
+    assert type(params) is SamplingParams  # the config's batch_size is not a sampling parameter
     assert (params.temperature, params.n, params.seed, params.top_k) == (0.9, 2, 4, 0)
     assert params.columns() == {"temperature": 0.9, "top_p": 1.0, "top_k": 0, "max_new_tokens": 32, "seed": 4}
     for bad in ({"temperature": -1}, {"top_p": 0}, {"n": 0}, {"max_new_tokens": 0}):
