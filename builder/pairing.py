@@ -50,11 +50,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from macpo.methods import CHOSEN_RULES, SELF_PLAY
 from macpo.schema import REF_LOGPS, SCORE, conform
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
 STUDENT = "student"
-CHOSEN_RULES = ("familiarity", "oracle", "random")
 
 
 class PairingError(ValueError):
@@ -392,7 +392,7 @@ def self_play_pairs(
     are left out (the new reference is the current policy); other columns are kept. Output
     round = the candidates' round; missing candidates as in :func:`macpo_pairs`.
     """
-    if pair_type not in ("spac", "spin", "dpo"):
+    if pair_type not in SELF_PLAY:  # a self-play method's pairs, named after it
         raise PairingError(f"self-play pair_type must be 'spac', 'spin' or 'dpo', got {pair_type!r}")
     round_ = _single_round(candidates, "candidates", round_)
     mask = pc.and_(pc.equal(candidates.column("agent"), agent), pc.equal(candidates.column("sample_index"), 0))

@@ -39,6 +39,7 @@ from macpo.cliutil import make_parser, parse_kv
 from macpo.config import EXECUTORS, RunConfig
 from macpo.errors import UserError
 from macpo.layout import RunLayout, apply_threads
+from macpo.methods import SELF_PLAY
 from macpo.schema import conform
 
 BOOTSTRAP_PARTS = ("teachers", "labels", "final")
@@ -217,7 +218,7 @@ class RoundBuilder:
         dw = self.data("dw")
         prompts, ids = dw.column("prompt").to_pylist(), dw.column("prompt_id").to_pylist()
         chosen = dw.column("chosen").to_pylist()
-        if self.cfg.method in {"spac", "spin", "dpo"}:
+        if self.cfg.method in SELF_PLAY:
             # pi_0 for self-play methods: the student SFT'd on the offline chosen responses.
             sft = _sft_rows(prompts, chosen, prompt_ids=ids, agent="student", source_agent="human", round_=0)
             subsets = {"student-sft": Subset("sft", sft)}
@@ -279,7 +280,7 @@ class RoundBuilder:
 
     # ---- round N >= 1 --------------------------------------------------------------------
     def build_round(self, n: int):
-        if self.cfg.method in {"spac", "spin", "dpo"}:
+        if self.cfg.method in SELF_PLAY:
             return self._build_self_play_round(n)
         if self.cfg.method != "macpo":
             raise UserError(f"method {self.cfg.method!r} has no rounds after bootstrap (set T: 0)")

@@ -23,6 +23,7 @@ from macpo.cliutil import make_parser, parse_kv
 from macpo.config import RunConfig
 from macpo.errors import UserError
 from macpo.layout import RunLayout, apply_threads
+from macpo.methods import SELF_PLAY, WEAK_TO_STRONG
 
 
 def is_sandbox(cfg: RunConfig) -> bool:
@@ -94,7 +95,7 @@ def split_offline_data(cfg: RunConfig, store, name: str) -> None:
 
 # ---- one round -------------------------------------------------------------------------------
 def eval_agents(cfg: RunConfig, round_: int | None = None) -> list[str]:
-    if cfg.method in {"spac", "spin", "dpo"}:
+    if cfg.method in SELF_PLAY:
         return ["student"]
     if round_ == 0 and has_premise_gates(cfg):
         from macpo.eval.sandbox.gates import CEILING, DPO_SANITY_AGENT, PRETRAINED
@@ -106,7 +107,7 @@ def eval_agents(cfg: RunConfig, round_: int | None = None) -> list[str]:
 def has_premise_gates(cfg: RunConfig) -> bool:
     """Sandbox weak-to-strong runs measure the premise gates (pretrained student and gold ceiling
     evaluated at round 0)."""
-    return is_sandbox(cfg) and cfg.method in {"macpo", "naive-w2s"}
+    return is_sandbox(cfg) and cfg.method in WEAK_TO_STRONG
 
 
 def _agent_model(layout: RunLayout, agent: str, round_: int):

@@ -12,15 +12,18 @@ import importlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Template
 
-from macpo.config import RunConfig, round0_start
 from macpo.eval import diagnostics as dg
 from macpo.eval.judges import win_rate
 from macpo.eval.stats import pgr, pgr_note
 from macpo.layout import RunLayout
+from macpo.methods import round0_start
+
+if TYPE_CHECKING:  # the run layer's type: the report is handed a resolved config, never loads one
+    from macpo.config import RunConfig
 
 HEADLINE = ("helpful", "harmless", "combined")
 # Scalars of the world's aggregate that are not behaviour rates.

@@ -19,18 +19,11 @@ import yaml
 
 from macpo.errors import UserError
 from macpo.hashing import json_hash
+from macpo.methods import CHOSEN_RULES, METHODS, SELF_PLAY, WEAK_TO_STRONG, round0_start  # noqa: F401 (round0_start: callers import it from here)
 from macpo.sampling import SamplingParams
 
-METHODS = ("macpo", "naive-w2s", "spac", "spin", "dpo")
-
-
-def round0_start(method: str) -> str:
-    """What a run's round-0 student is, as summaries and reports name it."""
-    # Self-play methods start from SFT on D_w's chosen side, not from weak labels.
-    return "naive weak-to-strong" if method in {"macpo", "naive-w2s"} else "SFT on the offline pairs' chosen side"
 NEGATIVES = ("hard", "none", "self")
 WEAK_LABELS = ("sampled", "greedy")
-CHOSEN_RULES = ("familiarity", "oracle", "random")
 BACKENDS = ("transformers", "vllm")
 EXECUTORS = ("local", "ray")
 
@@ -91,7 +84,7 @@ class RayConfig:
 STAGE_LOSS = {"teacher_sft": "sft", "teacher_neg_sft": "sft", "student_sft": "sft", "student_neg_sft": "sft",
               "dpo": "dpo-nll"}
 # The loss of the `dpo` stage per method (macpo honours `train.dpo.loss`: dpo-nll or dpo).
-METHOD_LOSS = {"spac": "spac", "spin": "spin", "dpo": "dpo"}
+METHOD_LOSS = {method: method for method in sorted(SELF_PLAY)}
 
 
 def _default_train() -> dict:
@@ -132,7 +125,7 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     name: str = _f("macpo-run", "run name; also the store dataset holding its rounds")
-    method: str = _f("macpo", "macpo | naive-w2s | spac | spin | dpo")
+    method: str = _f("macpo", " | ".join(METHODS))
     out: str = _f("macpo-out", "output folder (store, models, report)")
     seed: int = _f(0, "global seed (0 to 4,294,966: each trainer job seeds with seed*1000 + round, below 2^32)")
     K: int = _f(3, "number of weak teachers (the first K of `teachers`; at most 16)")
@@ -368,9 +361,9 @@ def validate(cfg: RunConfig) -> None:
     check_paths(cfg)
     if cfg.method not in METHODS:
         raise UserError(f"config method: {cfg.method!r} is not one of {', '.join(METHODS)}")
-    if cfg.K < 1 and cfg.method in {"macpo", "naive-w2s"}:
+    if cfg.K < 1 and cfg.method in WEAK_TO_STRONG:
         raise UserError("config K: need at least one teacher")
-    if cfg.method in {"macpo", "naive-w2s"} and len(cfg.teachers) < cfg.K:
+    if cfg.method in WEAK_TO_STRONG and len(cfg.teachers) < cfg.K:
         raise UserError(f"config teachers: K={cfg.K} but only {len(cfg.teachers)} teacher model(s) listed")
     if cfg.T < 0:
         raise UserError("config T: must be >= 0")
