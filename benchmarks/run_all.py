@@ -27,6 +27,7 @@ SCRIPTS = ["materialize", "audit", "scoring", "generation", "generation_vllm", "
 # Scripts that need vLLM run in the vLLM venv (`make vllm`) when it exists; otherwise they print "skipped".
 VLLM_PYTHON = {"generation_vllm": HERE.parent / ".venv-vllm" / "bin" / "python"}
 README = HERE / "README.md"
+DOCS_PAGE = HERE.parent / "docs" / "benchmarks.md"
 SCRIPT_FIGURES = ["materialize", "audit", "scoring", "generation", "build", "dpo", "demo"]  # figure-name prefixes, table order
 # What each script prints, one line per figure (and per model); demo is skipped with --smoke.
 FIGURES = {
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
     mode.add_argument("--quick", action="store_true", help="tiny models and small sizes (< 3 minutes)")
     mode.add_argument("--smoke", action="store_true", help="one tiny iteration of each script")
     p.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these scripts")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README tables after a full run")
+    p.add_argument("--no-readme", action="store_true",
+                   help="do not rewrite the tables of benchmarks/README.md and docs/benchmarks.md after a full run")
     p.add_argument("--readme-only", action="store_true",
                    help="only rebuild the README table from the latest full-run rows of results.jsonl")
     args = p.parse_args(argv)
@@ -144,9 +146,9 @@ def table(rows: list[dict]) -> str:
 def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
     first = rows[-1]
     m = first.get("machine", {})
+    # Everything above the marker is hand-written (scripts, method, analysis) and kept as it is.
     header = README.read_text().split("<!-- results -->")[0] if README.is_file() else ""
-    if not header:
-        header = (HERE / "README.head.md").read_text() if (HERE / "README.head.md").is_file() else "# Benchmarks\n\n"
+    header = header or "# Benchmarks\n\n"
     body = (
         f"<!-- results -->\n## Latest results ({mode} run)\n\n"
         f"Up to git `{(first.get('git_sha') or '')[:12]}`, {first.get('time')}; {m.get('cores')} cores, torch threads "
@@ -157,8 +159,8 @@ def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
         f"{table(rows)}\n"
     )
     README.write_text(header.rstrip() + "\n\n" + body)
-    # The project README shows the same table between two markers.
-    top = HERE.parent / "README.md"
+    # docs/benchmarks.md shows the same table between two markers.
+    top = DOCS_PAGE
     if top.is_file() and TOP_START in (text := top.read_text()) and TOP_END in text:
         before, rest = text.split(TOP_START, 1)
         top.write_text(before + TOP_START + "\n" + table(rows) + "\n" + TOP_END + rest.split(TOP_END, 1)[1])
