@@ -120,7 +120,7 @@ def ray_cluster():
 
     Loopback only: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's single-machine mode (on Linux Ray
     otherwise swaps 127.0.0.1 for the host's routable address). Token authentication on, with a
-    token of our own: the setup the README describes for a real cluster."""
+    token of our own: the setup docs/cluster.md describes for a real cluster."""
     # Short: Ray's unix sockets live under it (108-byte limit on socket paths).
     tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     token = tmp / "token"
