@@ -2,7 +2,7 @@
 
 The prose is: README.md, docs/*.md, benchmarks/README.md and the Markdown templates (``*.md.j2``),
 whole (code blocks included); the comments of the YAML configs, the Makefile and pyproject.toml;
-the docstrings and comments of every tracked Python file.
+the docstrings, comments and literal argparse help texts of every tracked Python file.
 
 What counts as a mention, and what it must name:
 
@@ -110,6 +110,10 @@ def _python(path: Path) -> list[Prose]:
     out = [Prose(path, tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(source).readline)
            if tok.type == tokenize.COMMENT]
     for node in ast.walk(ast.parse(source)):
+        # argparse's help texts are documentation too (`macpo CMD --help`).
+        if isinstance(node, ast.keyword) and node.arg in ("help", "description", "epilog") \
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            out += [Prose(path, node.value.lineno, text) for text in node.value.value.splitlines()]
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
