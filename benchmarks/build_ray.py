@@ -12,6 +12,17 @@ The machine's own ceiling is measured beside it, in the same reps: one fixed pur
 1 process, against two copies of it in 2 processes at once (``build_ray_machine_ceiling`` = 2 x
 one / both). On a shared VM whose 2 vCPUs are contended by other tenants that ceiling moves
 between ~1 and ~2 from minute to minute, and no 2-worker build can beat it.
+
+``build_ray_time_split`` names where a Ray build's time goes, from the executors' per-shard
+records: both sides' wall split into driver-only time (outside the executor: reading inputs,
+pairing, writing the round), model loads, generation, scoring and, on the Ray side, worker idle
+time (before a worker's first shard, between shards, after its last), in worker-seconds over the
+2 workers; checkpoint writes (on the driver, while the workers run) and result transfer (a
+shard's end on its worker to its table on the driver) are printed beside them. The fraction of
+the ceiling lost, 1 - speedup / ceiling, is split exactly into one term per part: what that part
+costs the Ray build beyond the local build's part divided by the ceiling, over the Ray wall.
+``--schedule plan`` measures the plan-order schedule (``ray.util.ActorPool``'s way) instead of
+the default model-affine one.
 """
 
 from __future__ import annotations
@@ -44,8 +55,53 @@ def _spin(n: int) -> int:
 SPIN = 15_000_000
 
 
+def _split(executor, calls: range, wall: float, writes: float, workers: int) -> dict:
+    """Seconds of one build: ``wall`` = driver + (loads + generate + score + idle) / ``workers``; loads
+    include releasing the previous model (the worker's garbage collection)."""
+    picked = [executor.calls[c] for c in calls]
+    shards = [t for t in executor.timeline if t.call in calls]
+    out = {"wall": wall, "checkpoint_writes": writes, "loads": 0.0, "generate": 0.0, "score": 0.0, "releases": 0.0,
+           "model_loads": sum(1 for t in shards if t.load_seconds > 0)}
+    for t in shards:
+        kind = "score" if "scoring" in executor.calls[t.call].desc else "generate"
+        # A model switch costs its release (freeing the previous model) and its load.
+        out["loads"] += t.load_seconds + t.release_seconds
+        out["releases"] += t.release_seconds
+        out[kind] += t.run_seconds
+    in_calls = sum(c.end - c.start for c in picked)
+    out["driver"] = wall - in_calls
+    out["idle"] = workers * in_calls - out["loads"] - out["generate"] - out["score"]
+    first = between = tail = 0.0
+    for c, call in zip(calls, picked):
+        for w in range(workers):
+            mine = sorted((t for t in shards if t.call == c and t.worker == w), key=lambda t: t.start)
+            if not mine:
+                tail += call.end - call.start
+                continue
+            first += mine[0].start - call.start
+            between += sum(b.start - a.end for a, b in zip(mine, mine[1:]))
+            tail += call.end - mine[-1].end
+    out.update(idle_first=first, idle_between=between, idle_tail=tail,
+               transfer=sum(t.received - t.end for t in shards), transfer_mb=sum(t.nbytes for t in shards) / 1e6)
+    return out
+
+
+PARTS = ("driver", "loads", "generate", "score", "idle")
+
+
+def _lost(ray: dict, local: dict, ceiling: float) -> dict:
+    """1 - speedup / ceiling, one term per part: (ray part - local part / ceiling) / ray wall, parts
+    in wall seconds (worker-seconds / 2 on the Ray side). The terms sum to the whole."""
+    terms = {p: (ray[p] / (1 if p == "driver" else 2) - local[p] / ceiling) / ray["wall"] for p in PARTS}
+    terms["total"] = 1 - local["wall"] / ray["wall"] / ceiling
+    return terms
+
+
 def main(argv=None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--schedule", choices=("affine", "plan"), default="affine",
+                   help="the Ray executor's schedule (default affine; plan = plan order, ActorPool's way)")
+    args = p.parse_args(argv)
     common.single_thread()
     try:
         import ray  # noqa: F401
@@ -54,8 +110,19 @@ def main(argv=None) -> int:
         return 0
     from test_ray_build import copy_run, make_round0
 
-    from macpo.builder.executor import RayExecutor
+    import macpo.builder.rounds as rounds
+    from macpo.builder.executor import LocalExecutor, RayExecutor
     from macpo.builder.rounds import RoundBuilder
+
+    writes = [0.0]  # seconds the driver spends writing shard checkpoints
+    atomic_parquet = rounds._atomic_parquet
+
+    def timed_write(table, path):
+        t = time.perf_counter()
+        atomic_parquet(table, path)
+        writes[0] += time.perf_counter() - t
+
+    rounds._atomic_parquet = timed_write
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     prompts, shard_size, new_tokens, hidden = SIZES[mode]
@@ -64,20 +131,25 @@ def main(argv=None) -> int:
         run0 = make_round0(tmp / "run0", prompts=prompts, shard_size=shard_size, max_new_tokens=new_tokens, hidden=hidden)
 
         t0 = time.perf_counter()
-        executor = RayExecutor(num_workers=2, num_cpus_per_worker=1, threads=1, progress=False)
+        executor = RayExecutor(num_workers=2, num_cpus_per_worker=1, threads=1, progress=False, schedule=args.schedule)
         t_init = time.perf_counter() - t0
         executor.worker_pids()  # both actors constructed: worker processes up, torch imported
         t_ready = time.perf_counter() - t0
         hashes: dict[str, set] = {"ray_2_workers": set(), "local_1_thread": set()}
         copies = iter(range(10**6))
 
-        def side(name: str, executor=None):
+        local = LocalExecutor(progress=False)
+        splits: dict[str, list[dict]] = {"ray_2_workers": [], "local_1_thread": []}
+
+        def side(name: str, executor, workers: int):
             def fn():
                 cfg = copy_run(run0, tmp / f"{name}-{next(copies)}")
                 b = RoundBuilder(cfg, progress=False, executor=executor)
+                first, writes[0] = len(executor.calls), 0.0
                 start = time.perf_counter()
                 result = b.build_round(1)
                 seconds = time.perf_counter() - start
+                splits[name].append(_split(executor, range(first, len(executor.calls)), seconds, writes[0], workers))
                 b.close()
                 hashes[name].add(result.content_hash)
                 shutil.rmtree(cfg.out)
@@ -88,12 +160,14 @@ def main(argv=None) -> int:
         pool.map(_spin, [1, 1])  # both processes up before any timing
         spin = SPIN // 100 if args.smoke else SPIN
         try:
-            runs = common.interleave({"ray_2_workers": side("ray_2_workers", executor), "local_1_thread": side("local_1_thread"),
+            runs = common.interleave({"ray_2_workers": side("ray_2_workers", executor, 2),
+                                      "local_1_thread": side("local_1_thread", local, 1),
                                       # None: interleave would take a returned number as the side's seconds
                                       "cpu_2_processes": lambda: pool.map(_spin, [spin, spin]) and None,
                                       "cpu_1_process": lambda: pool.apply(_spin, (spin,)) and None},
                                      common.reps(args), warmup=not args.smoke)
             served = dict(executor.served)
+            loads = executor.load_report()
         finally:
             executor.close()
             pool.terminate()
@@ -106,7 +180,7 @@ def main(argv=None) -> int:
             "build_ray_speedup", ratio=ratio, ours=ours, baseline=base, unit="s", args=args,
             target=f">= {TARGET} (2 Ray workers x 1 thread vs local 1 thread)", met=ratio >= TARGET, runs=runs,
             rep_ratios=common.paired(runs, lambda a, b: b / a, ours="ray_2_workers"), meets=lambda v: v >= TARGET,
-            extra={"prompts": prompts, "shard_size": shard_size, "new_tokens": new_tokens, "hidden": hidden, "content_hash": hashes["ray_2_workers"].pop(),
+            extra={"schedule": args.schedule, "prompts": prompts, "shard_size": shard_size, "new_tokens": new_tokens, "hidden": hidden, "content_hash": hashes["ray_2_workers"].pop(),
                    "shards_per_worker": sorted(served.values()), "startup_seconds": t_ready},
             size=shards,
         )
@@ -116,6 +190,30 @@ def main(argv=None) -> int:
             rep_ratios=[2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])],
             size="2 copies of a pure-Python loop in 2 processes at once vs 1 copy in 1 process, x2; in the same reps",
         )
+        # The warm-up build is not a rep: keep the last reps' splits, paired with the ceiling of the same rep.
+        reps = len(runs["cpu_1_process"])
+        ray_s, loc_s = splits["ray_2_workers"][-reps:], splits["local_1_thread"][-reps:]
+        ceilings = [2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])]
+        lost = [_lost(r, lo, c) for r, lo, c in zip(ray_s, loc_s, ceilings)]
+        med = {side: {k: common.median([x[k] for x in xs]) for k in xs[0]} for side, xs in (("ray", ray_s), ("local", loc_s))}
+        med_lost = {k: common.median([x[k] for x in lost]) for k in lost[0]}
+        r, lo = med["ray"], med["local"]
+        line = (f"ray {r['wall']:.2f} s = driver {r['driver']:.2f} + (loads {r['loads']:.2f} [{r['model_loads']:.0f} loads, releases {r['releases']:.2f}] + generate "
+                f"{r['generate']:.2f} + score {r['score']:.2f} + idle {r['idle']:.2f} [first {r['idle_first']:.2f}, between "
+                f"{r['idle_between']:.2f}, tail {r['idle_tail']:.2f}]) / 2; local {lo['wall']:.2f} s = driver {lo['driver']:.2f} + "
+                f"loads {lo['loads']:.2f} [{lo['model_loads']:.0f}] + generate {lo['generate']:.2f} + score {lo['score']:.2f} + "
+                f"in-call driver {lo['idle']:.2f}; checkpoint writes ray {r['checkpoint_writes']:.2f} / local "
+                f"{lo['checkpoint_writes']:.2f} s; transfer {r['transfer']:.2f} s for {r['transfer_mb']:.1f} MB; "
+                f"ceiling lost {med_lost['total']:.3f} = " + " + ".join(f"{p} {med_lost[p]:.3f}" for p in PARTS)
+                + f" (medians of {reps} reps; schedule {args.schedule})")
+        common.report(
+            "build_ray_time_split", ratio=None, ours=r["wall"], baseline=lo["wall"], unit="s", args=args,
+            extra={"schedule": args.schedule, "ray": ray_s, "local": loc_s, "ceilings": ceilings, "lost": lost,
+                   "median_lost": med_lost, "worker_loads": loads},
+            size=line,
+        )
+        for text in loads:
+            print(f"  {text}", flush=True)
         common.report(
             "build_ray_startup_seconds", ratio=None, ours=t_ready, baseline=None, unit="s", args=args,
             extra={"ray_init_seconds": t_init, "workers_ready_seconds": t_ready - t_init},

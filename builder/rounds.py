@@ -26,29 +26,48 @@ so a killed build resumes without redoing finished shards; shard seeds depend on
 this process or on Ray workers (``executor: local | ray``, :mod:`macpo.builder.executor`);
 either way this process writes every checkpoint and commits the round, and the round's content
 hash does not depend on where its shards ran.
+
+The command (``macpo build``: its options, loading and resolving the run config) is the run
+layer's (:mod:`macpo.run.stages`); this module gets the resolved config and, for
+``chosen_rule: oracle``, the gold scoring function as arguments.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
 
-from macpo.cliutil import make_parser, parse_kv
-from macpo.config import EXECUTORS, RunConfig
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from macpo.builder import pairing
+from macpo.builder.executor import Work, make_executor
+from macpo.builder.generate import backend_record, derive_seed, generator_for
+from macpo.builder.models import load_model
+from macpo.builder.score import score, score_pairs
 from macpo.errors import UserError
+from macpo.hashing import json_hash
 from macpo.layout import RunLayout, apply_threads
 from macpo.methods import SELF_PLAY
 from macpo.schema import conform
+from macpo.store import Store, Subset
+
+if TYPE_CHECKING:  # the run layer's type: a stage is handed a resolved config, never loads one
+    from macpo.config import RunConfig
+
+# The sandbox's gold reward of responses: (store, data dataset, prompt metas, response texts) -> one
+# float per response. The run layer passes it for chosen_rule: oracle, the only rule that reads gold.
+Oracle = Callable[[Store, str, list, list], list]
 
 BOOTSTRAP_PARTS = ("teachers", "labels", "final")
 
 
 # ---- small table helpers ---------------------------------------------------------------
 def _sft_rows(prompts, completions, *, prompt_ids, agent, source_agent, round_, sampling: dict | None = None):
-    import pyarrow as pa
-
     n = len(prompts)
     cols = {
         "example_id": [f"r{round_}-{agent}-{pid}" for pid in prompt_ids],
@@ -65,17 +84,15 @@ def _sft_rows(prompts, completions, *, prompt_ids, agent, source_agent, round_, 
 
 
 def _concat(tables):
-    import pyarrow as pa
-
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 class RoundBuilder:
-    def __init__(self, cfg: RunConfig, progress: bool = True, executor=None):
-        """``executor``: one already running (its owner closes it); default: the config's, made on first use."""
-        from macpo.store import Store
-
+    def __init__(self, cfg: RunConfig, progress: bool = True, executor=None, oracle: Optional[Oracle] = None):
+        """``executor``: one already running (its owner closes it); default: the config's, made on first use.
+        ``oracle``: the gold scoring function ``chosen_rule: oracle`` picks by (see ``Oracle``)."""
         self.cfg = cfg
+        self.oracle = oracle
         self.layout = RunLayout(cfg)
         self.store = Store(self.layout.store_dir, create=True)
         self.progress = progress
@@ -98,8 +115,6 @@ class RoundBuilder:
         return self.store.read(self.layout.rounds_dataset, version, subset)
 
     def _sampling(self, round_: int, agent: str, shard: int, greedy: bool = False):
-        from macpo.builder.generate import derive_seed
-
         s = self.cfg.sampling
         seed = derive_seed(s.seed, self.cfg.seed, round_, agent, shard)
         # negative: self contrasts with the agent's second plain sample, so it needs two.
@@ -118,8 +133,6 @@ class RoundBuilder:
         """Where shards run (``executor: local | ray``); made on first use, so a build whose shards are
         all checkpointed, or that has none, never starts Ray."""
         if self._executor is None:
-            from macpo.builder.executor import make_executor
-
             self._executor = make_executor(self.cfg, progress=self.progress)
         return self._executor
 
@@ -132,8 +145,6 @@ class RoundBuilder:
         """``jobs``: ``(work, [(checkpoint path, shard input), ...])`` per model. Each shard's table,
         in shard order per job: read from its checkpoint, or run by the executor (only the missing
         ones, all jobs in one pass) and checkpointed by this process as it comes back."""
-        import pyarrow.parquet as pq
-
         missing = [(j, k) for j, (_, shards) in enumerate(jobs) for k, (path, _) in enumerate(shards) if not path.is_file()]
         total = sum(len(shards) for _, shards in jobs)
         self.shard_counts["run"] += len(missing)
@@ -149,7 +160,7 @@ class RoundBuilder:
     def _generate_job(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy: bool):
         from functools import partial
 
-        from macpo.builder.executor import Work
+        from macpo.builder.executor import Work, engine_key
 
         work_dir = self.store.work_dir(self.layout.rounds_dataset, version)
         n = prompts_table.num_rows
@@ -164,7 +175,8 @@ class RoundBuilder:
         source = self.layout.model_source(agent, model_path)
         load = partial(_load_generator, self.cfg.generation, source, self.cfg.sampling.batch_size, self.cfg.sampling.seed)
         work = Work(key=repr(("generator", source, self.cfg.generation, self.cfg.sampling.batch_size, self.cfg.sampling.seed)),
-                    load=load, run=_generate_shard, desc=f"generate {agent}")
+                    load=load, run=_generate_shard, desc=f"generate {agent}", model=repr(source),
+                    engine=engine_key(self.cfg.generation, source))
         return work, shards
 
     def generate_all(self, version: str, round_: int, agents: list[tuple[str, Path]], prompts_table, greedy=False):
@@ -179,10 +191,6 @@ class RoundBuilder:
 
     def score_all(self, version: str, jobs: list[tuple[str, Path, object]]):
         """Perplexity of each candidate under each ``(scorer, model, candidates)``; checkpointed per shard."""
-        from functools import partial
-
-        from macpo.builder.executor import Work
-
         work_dir = self.store.work_dir(self.layout.rounds_dataset, version)
         step = self.cfg.shard_size * max(1, self.cfg.sampling.n)
         planned = []
@@ -196,7 +204,7 @@ class RoundBuilder:
                 shards.append((work_dir / f"ppl-{scorer}-{shard:05d}-{key}.parquet", item))
             source = self.layout.model_source(scorer, model_path)
             planned.append((Work(key=repr(("scorer", source)), load=partial(_load_scorer, source), run=_score_shard,
-                                 desc=f"score under {scorer}"), shards))
+                                 desc=f"score under {scorer}", model=repr(source)), shards))
         return [_concat(tables) for tables in self._run_shards(planned, desc=f"{version} scoring")]
 
     def score(self, version: str, scorer: str, model_path: Path, candidates):
@@ -213,8 +221,6 @@ class RoundBuilder:
         return "final"
 
     def build_teachers(self):
-        from macpo.store import Subset
-
         dw = self.data("dw")
         prompts, ids = dw.column("prompt").to_pylist(), dw.column("prompt_id").to_pylist()
         chosen = dw.column("chosen").to_pylist()
@@ -231,8 +237,6 @@ class RoundBuilder:
         return self._write("round-0-teachers", subsets, parent=None)
 
     def build_labels(self):
-        from macpo.store import Subset
-
         w = f"teacher-{self.cfg.weak_label_teacher}"
         q = self.data("q")
         greedy = self.cfg.weak_labels == "greedy"
@@ -255,8 +259,6 @@ class RoundBuilder:
         return self._write("round-0-labels", out, parent=self._hash("round-0-teachers"))
 
     def build_round0_final(self):
-        from macpo.store import Subset
-
         name = self.layout.rounds_dataset
         subsets = {}
         # spac / spin / dpo runs have no round-0-labels (no weak labels, no negative agents).
@@ -284,9 +286,6 @@ class RoundBuilder:
             return self._build_self_play_round(n)
         if self.cfg.method != "macpo":
             raise UserError(f"method {self.cfg.method!r} has no rounds after bootstrap (set T: 0)")
-        from macpo.builder import pairing
-        from macpo.store import Subset
-
         version = f"round-{n}"
         previous = "round-0" if n == 1 else f"round-{n - 1}"
         hard_negatives = self._round("round-0", "hard-negatives") if self.cfg.negative == "hard" else None
@@ -335,9 +334,6 @@ class RoundBuilder:
         return {w: table} if table is not None else {}
 
     def _build_self_play_round(self, n: int):
-        from macpo.builder import pairing
-        from macpo.store import Subset
-
         version = f"round-{n}"
         previous = "round-0" if n == 1 else f"round-{n - 1}"
         self._require(previous)
@@ -356,23 +352,17 @@ class RoundBuilder:
     def _gold(self, candidates, q):
         """``candidate_id, gold``: the sandbox's gold reward of each candidate (for chosen_rule=oracle only;
         no other rule may read the gold answers in Q's meta)."""
-        import pyarrow as pa
-
-        from macpo.eval.diagnostics import response_text
-        from macpo.eval.report import gold_module, response_gold
-
-        module = gold_module(self.store, self.layout.data_dataset)
+        if self.oracle is None:
+            raise UserError("chosen_rule: oracle needs the sandbox's gold reward, which `macpo build` and `macpo run` "
+                            "pass to the builder")
         metas = dict(zip(q.column("prompt_id").to_pylist(), q.column("meta").to_pylist()))
-        values = [response_gold(module, metas[pid], response_text(r))
-                  for pid, r in zip(candidates.column("prompt_id").to_pylist(), candidates.column("response").to_pylist())]
+        ids, responses = candidates.column("prompt_id").to_pylist(), candidates.column("response").to_pylist()
+        texts = [r[-1]["content"] if r else "" for r in responses]  # a response is a message list; the last is the answer
+        values = self.oracle(self.store, self.layout.data_dataset, [metas[pid] for pid in ids], texts)
         return pa.table({"candidate_id": candidates.column("candidate_id"), "gold": pa.array(values, pa.float64())})
 
     def _with_ref_logps(self, table, learner: str, n: int):
         """Reference log-probs under the learner's DPO reference, so training skips the ref model."""
-        import pyarrow as pa
-
-        from macpo.builder.score import score_pairs
-
         stage = self.cfg.train["dpo"]
         # The same reference the trainer would build: `previous` = the start-of-round policy,
         # `base` = the agent's pretrained base weights (with its revision and GGUF file).
@@ -394,8 +384,6 @@ class RoundBuilder:
         return self.store.manifest(self.layout.rounds_dataset, version)["content_hash"]
 
     def _write(self, version, subsets, parent, models=None):
-        from macpo.builder.generate import backend_record
-
         data_name, data_version = self.store.resolve(self.layout.data_dataset)
         return self.store.write(
             self.layout.rounds_dataset, version, subsets, parent_hash=parent, config=self.cfg.to_dict(),
@@ -415,8 +403,6 @@ def weak_labels_as_candidates(labels, prompt_ids: list[str], *, agent: str, roun
     ``prompt_ids`` order, or None when they were not drawn with ``sampling``'s settings (its seed
     aside: each keeps the seed it was drawn with). ``candidate_id`` is the id the label's own
     generation gave it (``r0-<agent>-<prompt_id>-0``), so a reused candidate reads as one."""
-    import pyarrow as pa
-
     settings = ("temperature", "top_p", "top_k", "max_new_tokens")
     drawn = {k: set(labels.column(k).to_pylist()) for k in settings}
     if any(drawn[k] != {sampling[k]} for k in settings) or set(labels.column("source_agent").to_pylist()) != {agent}:
@@ -440,8 +426,6 @@ def weak_labels_as_candidates(labels, prompt_ids: list[str], *, agent: str, roun
 
 
 def _eq(column, value):
-    import pyarrow.compute as pc
-
     return pc.equal(column, value)
 
 
@@ -453,21 +437,15 @@ def _replace(table, name, values):
 # ---- one shard: module-level, so a Ray worker runs exactly what the build process runs ----------
 def _load_generator(generation, source, batch_size: int, seed: int, progress: bool = True):
     """The run's generation backend loaded with one model (revision and GGUF file honoured)."""
-    from macpo.builder.generate import generator_for
-
     return generator_for(generation, source, batch_size=batch_size, progress=progress, seed=seed)
 
 
 def _load_scorer(source, progress: bool = True):
-    from macpo.builder.models import load_model
-
     return load_model(source.path, revision=source.revision, gguf_file=source.gguf_file)
 
 
 def _generate_shard(generator, item, progress: bool = True):
     """A ``candidates`` table: ``params.n`` samples of each prompt of one shard."""
-    import pyarrow as pa
-
     where, round_, agent, prompt_ids, prompts, params = item
     outputs = generator.generate(prompts, params)
     rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
@@ -493,10 +471,6 @@ def _generate_shard(generator, item, progress: bool = True):
 
 def _score_shard(model_and_tokenizer, item, progress: bool = True):
     """``candidate_id, scorer, ppl`` of one shard of candidates under the scorer's model."""
-    import pyarrow as pa
-
-    from macpo.builder.score import score
-
     scorer, candidate_ids, prompts, responses = item
     model, tokenizer = model_and_tokenizer
     s = score(model, tokenizer, prompts, responses, progress=progress, desc=f"score under {scorer}")
@@ -507,28 +481,24 @@ def _score_shard(model_and_tokenizer, item, progress: bool = True):
 def _fingerprint(*parts) -> str:
     """Key of a shard checkpoint: its inputs and the model folder's files (names, sizes, mtimes),
     so a checkpoint left by a different prompt set or a retrained model is never reused."""
-    from macpo.hashing import json_hash
-
     model = Path(parts[1])
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model.iterdir() if f.is_file()) if model.is_dir() else str(model)
     return json_hash([parts[0], str(model), files, *parts[2:]])[7:23]
 
 
 def _atomic_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
-def build(cfg: RunConfig, round_: int, part: str | None = None, progress: bool = True):
-    """Build round ``round_`` (for round 0: the next bootstrap part, or ``part``)."""
+def build(cfg: RunConfig, round_: int, part: str | None = None, progress: bool = True, oracle: Optional[Oracle] = None):
+    """Build round ``round_`` (for round 0: the next bootstrap part, or ``part``); ``oracle``: see ``Oracle``."""
     if round_ < 0 or round_ > cfg.T:
         raise UserError(f"round {round_} is outside 0..T={cfg.T}")
     if round_ == 0 and part is not None and part not in BOOTSTRAP_PARTS:
         raise UserError(f"unknown round-0 part {part!r} (parts: {', '.join(BOOTSTRAP_PARTS)})")
-    b = RoundBuilder(cfg, progress=progress)
+    b = RoundBuilder(cfg, progress=progress, oracle=oracle)
     try:
         if round_ > 0:
             result = b.build_round(round_)
@@ -536,41 +506,12 @@ def build(cfg: RunConfig, round_: int, part: str | None = None, progress: bool =
             part = part or b.next_bootstrap_part()
             result = {"teachers": b.build_teachers, "labels": b.build_labels, "final": b.build_round0_final}[part]()
     finally:
+        loads = b._executor.load_report() if b._executor is not None else []  # before close: it drops the executor
         b.close()
     if b.shard_counts:
         where = f"{cfg.ray.num_workers} Ray workers" if cfg.executor == "ray" else "this process"
         print(f"shards: {b.shard_counts['run']} run on {where}, {b.shard_counts['checkpointed']} read from checkpoints",
               flush=True)
+        for line in loads:  # model loads and engine starts per worker (the schedule's cost)
+            print(f"  {line}", flush=True)
     return result
-
-
-def main(argv: list[str]) -> int:
-    p = make_parser("build", __doc__)
-    p.add_argument("--config", required=True, help="run config YAML (a macpo run's OUT/run.yaml)")
-    p.add_argument("--round", type=int, required=True, help="round to build (0 = bootstrap)")
-    p.add_argument("--part", choices=BOOTSTRAP_PARTS, help="round-0 part (default: the next one missing)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--executor", choices=EXECUTORS,
-                   help="where generation and scoring shards run (default: the config's `executor`); "
-                        "ray: on Ray workers, see the config's `ray` section")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = p.parse_args(argv)
-    from macpo import config as config_mod
-
-    from macpo.orchestrate import resolve_config
-
-    overrides = parse_kv(args.set)
-    if args.executor:
-        overrides["executor"] = args.executor
-    # Resolved as `macpo run` resolves it, so a standalone step with --set runs what the run would.
-    cfg = resolve_config(config_mod.load(args.config, overrides))
-    result = build(cfg, args.round, args.part, progress=not args.no_progress)
-    state = "built" if result.created else "unchanged (already built with identical content)"
-    print(f"{result.name}/{result.version}: {state}; content {result.content_hash}")
-    return 0
-
-
-if __name__ == "__main__":
-    from macpo.cli import main as cli_main
-
-    raise SystemExit(cli_main(["build", *sys.argv[1:]]))
