@@ -17,14 +17,24 @@ stored without them are indexed once, on first audit.
 
 from __future__ import annotations
 
+import decimal
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from macpo.cliutil import make_parser
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from macpo.cliutil import make_parser, run_script
 from macpo.errors import UserError
+from macpo.facts import WRITE_ERRNOS, check_facts, ensure_facts, remove_stale_tmp
+from macpo.sql import check_read_only, connect, stream_query
+from macpo.sql_limits import add_resource_flags, resource_args
+from macpo.sql_views import escape_text, store_sources
+from macpo.store import Store
 
 
 @dataclass
@@ -72,10 +82,6 @@ def index_missing_facts(sources) -> None:
     once, so this and later audits read narrow columns instead of the text. Stored facts are
     used only when every shard's sha256 matches ``facts.json``; others are rebuilt (with a note),
     or, in a store that cannot be written, computed from the text."""
-    import pyarrow as pa
-
-    from macpo.facts import WRITE_ERRNOS, check_facts, ensure_facts, remove_stale_tmp
-
     missing = []
     for src in sources:
         remove_stale_tmp(src.root)  # left by audits killed while indexing
@@ -87,8 +93,6 @@ def index_missing_facts(sources) -> None:
             missing.append(src)
     if not missing:
         return
-    from tqdm.auto import tqdm
-
     shards = sum(len(e["files"]) for src in missing for e in src.manifest["subsets"].values())
     with tqdm(total=shards, desc=f"indexing {len(missing)} version(s) for audits", unit="shard", file=sys.stderr, leave=False, disable=None) as bar:
         for src in missing:
@@ -109,9 +113,6 @@ def index_missing_facts(sources) -> None:
 def _count(name: str, value) -> int:
     """An audit's ``count`` as an int: NULL is 0; a whole number from 0 to 2**63-1 (an integral
     float or decimal too); anything else (text, NaN, a fraction, an overflow) is one line."""
-    import decimal
-    import math
-
     if value is None:
         return 0
     if isinstance(value, int) and not isinstance(value, bool):
@@ -121,8 +122,6 @@ def _count(name: str, value) -> int:
     else:
         whole = None
     if whole is None or not 0 <= whole < 2**63:
-        from macpo.sql import escape_text
-
         raise UserError(f"audit {name} returned count {escape_text(repr(value))[:80]}; it must be a whole number from 0 to 2**63-1")
     return whole
 
@@ -132,8 +131,6 @@ MAX_AUDIT_ROWS = 10_000  # lines of one audit: one per dataset version, plus the
 
 def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, memory_limit=None, threads=None) -> list[AuditResult]:
     """Run audits over ``store`` (a Store), optionally restricted to one dataset/version."""
-    from macpo.sql import check_read_only, connect, store_sources, stream_query
-
     dirs = list(extra_dirs or [])
     if (store.root / ".audits").is_dir():
         dirs.append(store.root / ".audits")
@@ -184,14 +181,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--list", action="store_true", help="list available audits and exit")
     p.add_argument("--strict", action="store_true", help="exit 1 when any audit fails")
-    from macpo.sql import add_resource_flags, resource_args
-
     add_resource_flags(p)
     args = p.parse_args(argv)
     if args.version and not args.dataset:
         raise UserError("--version needs --dataset")
-    from macpo.store import Store
-
     store = Store(args.store)
     if args.list:
         for a in available_audits(args.audits_dir + ([store.root / ".audits"] if (store.root / ".audits").is_dir() else [])).values():
@@ -209,6 +202,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from macpo.cli import main as cli_main
-
-    raise SystemExit(cli_main(["audit", *sys.argv[1:]]))
+    run_script("macpo audit", main)

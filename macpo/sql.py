@@ -44,261 +44,20 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from macpo.cliutil import make_parser
+from macpo.cliutil import make_parser, run_script
 from macpo.errors import UserError
-from macpo.facts import fact_expressions, fact_files, fact_select_list, scalar_columns
 from macpo.hub import snapshot
-from macpo.schema import KINDS, MESSAGES
+from macpo.sql_limits import add_resource_flags, default_memory_limit, duckdb_memory_limit, resource_args, usable_cpus
+from macpo.sql_views import VersionSource, create_views, duck_error, escape_text, quote, snapshot_sources, store_sources
+from macpo.store import Store
 
 BATCH_ROWS = 1000
 # Defaults for the terminal format: a person reading a table wants a screenful, not 10M rows,
 # and a runaway join should end by itself. csv/json are for pipes: no limits unless asked.
 TABLE_MAX_ROWS = 1000
 TABLE_TIMEOUT_S = 600.0
-
-
-@dataclass
-class VersionSource:
-    dataset: str
-    version: str
-    root: Path  # folder holding manifest.json
-    manifest: dict
-    # False when the stored facts failed verification and could not be rebuilt (an audit in a
-    # read-only store): the *_facts views then compute them from the text.
-    use_facts: bool = True
-
-
-def store_sources(store, dataset: str | None = None, version: str | None = None) -> list[VersionSource]:
-    """Every version to expose, each manifest validated and each file's size checked (cheap):
-    a damaged version stops the query with one line naming it."""
-    out = []
-    for name in store.datasets():
-        if dataset is not None and name != dataset:
-            continue
-        for v in store.versions(name):
-            if version is not None and v != version:
-                continue
-            manifest = store.manifest(name, v)
-            store.check_sizes(name, v, manifest)
-            out.append(VersionSource(name, v, store.path(name, v), manifest))
-    return out
-
-
-def snapshot_sources(folder: Path, dataset: str) -> list[VersionSource]:
-    """A published Hub snapshot: ``<version>/manifest.json`` + ``<version>/<subset>/*.parquet``,
-    each manifest validated like a local one."""
-    from macpo.store import size_problems, validate_manifest
-
-    out = []
-    for manifest_path in sorted(folder.glob("*/manifest.json")):
-        where = f"{dataset}/{manifest_path.parent.name}"
-        try:
-            manifest = json.loads(manifest_path.read_bytes())
-        except (ValueError, RecursionError) as exc:
-            raise UserError(f"{where}: corrupt manifest ({str(exc).splitlines()[0][:200]})") from None
-        validate_manifest(manifest, manifest_path.parent, where)
-        problems = size_problems(manifest_path.parent, manifest)
-        if problems:
-            raise UserError(f"{where} is damaged: {'; '.join(problems)}")
-        out.append(VersionSource(dataset, manifest_path.parent.name, manifest_path.parent, manifest))
-    return out
-
-
-def _q(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
-
-
-_GLOB_CHARS = "*?["
-
-
-def _duck_path(path: Path) -> tuple[str, str]:
-    """``(file, pattern)`` of one file a view reads: its resolved path, and that path as a
-    DuckDB glob matching exactly it. DuckDB globs every path it is given, so a folder named
-    ``h?`` would also read ``hx``; each ``*``, ``?`` and ``[`` becomes a one-character class
-    (``[?]``). The sandbox allows both strings: DuckDB checks the pattern, then each file it
-    matched. DuckDB's glob takes a backslash for a separator, so a name holding both a
-    backslash and a glob character cannot be escaped and is refused, as is a name that is not
-    UTF-8 (surrogate escapes cannot reach DuckDB)."""
-    real = str(path.resolve())
-    try:
-        real.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError(f"{os.fsencode(real)!r}: the path is not UTF-8; rename it") from None
-    if not any(c in real for c in _GLOB_CHARS):
-        return real, real
-    if "\\" in real:
-        raise UserError(f"{real!r}: a path with both a backslash and one of * ? [ cannot be read exactly; rename it")
-    return real, "".join(f"[{c}]" if c in _GLOB_CHARS else c for c in real)
-
-
-def duck_error(exc: BaseException, limit: int = 600) -> str:
-    """DuckDB's error as one line: its whole first paragraph (``Binder Error: ... not found!``
-    plus the ``Candidate bindings`` line), without the ``LINE 1:`` excerpt that follows the
-    blank line; control characters from the data escaped."""
-    text = str(exc).split("\n\n", 1)[0]
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    text = escape_text(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# C0/C1 controls and DEL, plus the bidirectional overrides and isolates (they reorder what a
-# terminal shows): escaped in terminal output, never interpreted.
-_UNSAFE = {c for c in range(0x20)} | {0x7F} | set(range(0x80, 0xA0)) | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
-_ESCAPES = {ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
-_TRANSLATE = {c: _ESCAPES.get(c, f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
-
-
-def escape_text(text: str) -> str:
-    """``text`` safe to print on a terminal: ESC shows as ``\\x1b``, a newline as ``\\n``."""
-    return text.translate(_TRANSLATE)
-
-
-def _text_columns(kind: str) -> str:
-    cols = []
-    for field in KINDS[kind]:
-        if field.type == MESSAGES:
-            base = field.name.removesuffix("_response") if field.name == "self_response" else field.name
-            # Role-prefixed for prompts (they can be multi-turn), bare content for responses.
-            if field.name == "prompt":
-                expr = "array_to_string(list_transform(prompt, lambda m: m.role || ': ' || m.content), '\n')"
-            else:
-                expr = f"array_to_string(list_transform({field.name}, lambda m: m.content), '\n')"
-            cols.append(f"{expr} AS {base}_text")
-    return (", " + ", ".join(cols)) if cols else ""
-
-
-def _empty_table(con, kind: str) -> str:
-    """An empty table of ``kind``'s schema, registered under a fixed name (re-registering
-    replaces it); views over no data select from it."""
-    import pyarrow as pa
-
-    name = f"_empty_{kind}"
-    con.register(name, pa.Table.from_pylist([], schema=KINDS[kind]))
-    return name
-
-
-_EMPTY_LABEL = "NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset"
-
-
-def _facts_select(kind: str, label: str, source: str) -> str:
-    """``KIND_facts`` rows computed from the text of ``source``."""
-    scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
-    return f"SELECT {label}, {scalars}, {fact_select_list(kind)} FROM {source}"
-
-
-_DUCK_TYPES = {"double": "DOUBLE", "string": "VARCHAR"}  # the types sparse columns have
-
-
-def _columns(kind: str, present: set[str], names: list[str] | None = None) -> str:
-    """The SELECT list of ``kind``'s columns (or ``names``) over one subset's Parquet files: a
-    sparse column the files do not hold (macpo/schema.py, SPARSE) reads as a typed NULL, so
-    every subset of a kind has the same columns."""
-    schema = KINDS[kind]
-    out = []
-    for name in names if names is not None else schema.names:
-        if name in present:
-            out.append(f'"{name}"')
-        else:
-            out.append(f'NULL::{_DUCK_TYPES[str(schema.field(name).type)]} AS "{name}"')
-    return ", ".join(out)
-
-
-def _present_columns(first_file: Path) -> set[str]:
-    """The columns one subset's shards hold (every shard of a subset has the same ones)."""
-    import pyarrow.parquet as pq
-
-    return set(pq.read_schema(first_file).names)
-
-
-def _facts_source(kind: str, label: str, data_files: list[Path], stored: list[Path] | None, present: set[str]) -> str:
-    """SELECT of one subset's ``KIND_facts`` rows: the stored facts shards side by side with the
-    data shards' scalar columns when valid, else the same facts computed from the text."""
-    if not stored:
-        files = "read_parquet([" + ", ".join(_q(_duck_path(d)[1]) for d in data_files) + "])"
-        return _facts_select(kind, label, f"(SELECT {_columns(kind, present)} FROM {files})")
-    scalars = ", ".join(f'"{c}"' for c in scalar_columns(kind))
-    names = ", ".join(name for name, _ in fact_expressions(kind))
-    inner = _columns(kind, present, scalar_columns(kind))
-    # POSITIONAL JOIN pairs row i of a data shard with row i of its facts shard; DuckDB still
-    # reads only the columns a query uses from either side.
-    return " UNION ALL ".join(
-        f"SELECT {label}, {scalars}, {names} FROM (SELECT {inner} FROM read_parquet({_q(_duck_path(d)[1])})) "
-        f"POSITIONAL JOIN read_parquet({_q(_duck_path(f)[1])})"
-        for d, f in zip(data_files, stored)
-    )
-
-
-# ---- resources -------------------------------------------------------------------------------
-# Without a limit DuckDB takes 80% of RAM: a cross join that prints 1000 rows peaked at 8.5 GB.
-DEFAULT_MEMORY_SHARE = 0.25
-# DuckDB's memory_limit governs its buffer manager only; its threads, allocator slack and
-# small allocations come on top (0.07-0.29 GB measured on cross joins at 0.3-4 GB limits; 0.42 GB
-# once, with the test suite's two workers beside it: a 700 MB limit peaked at 820 MB with 384 MiB
-# of headroom), so DuckDB gets the process limit minus what the process already holds minus this.
-HEADROOM_BYTES = 512 * 2**20
-HEADROOM_SHARE = 0.1
-MIN_DUCKDB_BYTES = 32 * 2**20
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def physical_memory() -> int:
-    """Bytes of RAM this process may use: the machine's, or its cgroup's limit when lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            value = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if value.isdigit():
-            total = min(total, int(value))
-    return total
-
-
-def default_memory_limit() -> int:
-    return int(physical_memory() * DEFAULT_MEMORY_SHARE)
-
-
-def parse_size(text: str, flag: str = "--memory-limit") -> int:
-    """``4GB``, ``512MiB``, ``25%`` (of RAM) or plain bytes -> bytes; anything else is one line."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(%|[kmgt]i?b|b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise UserError(f"{flag} {text!r}: give a size like 4GB, 512MiB or 25% (of RAM)")
-    number, unit = float(m.group(1)), (m.group(2) or "").lower()
-    value = physical_memory() * number / 100 if unit == "%" else number * _UNITS[unit]
-    if not math.isfinite(value) or value <= 0 or (unit == "%" and number > 100):
-        raise UserError(f"{flag} {text!r}: must be more than 0 and at most 100%")
-    return int(value)
-
-
-def _resident_bytes() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def duckdb_memory_limit(process_limit: int) -> int:
-    """DuckDB's ``memory_limit`` for a process that should stay under ``process_limit`` bytes."""
-    held = _resident_bytes()
-    duck = process_limit - held - max(HEADROOM_BYTES, int(process_limit * HEADROOM_SHARE))
-    if duck < MIN_DUCKDB_BYTES:
-        least = max(held + HEADROOM_BYTES + MIN_DUCKDB_BYTES, (held + MIN_DUCKDB_BYTES) / (1 - HEADROOM_SHARE))
-        raise UserError(f"--memory-limit {process_limit / 1e6:.0f}MB leaves DuckDB no room: this process "
-                        f"already holds {held / 1e6:.0f}MB; give at least {least / 1e6:.0f}MB")
-    return duck
 
 
 def _private_temp_dir() -> Path:
@@ -339,11 +98,11 @@ def _leave_interrupted() -> None:
 
 
 def _lock_down(con, files: list[str], temp_dir: Path) -> None:
-    """Sandbox ``con`` to ``files`` (each a file and its exact glob, ``_duck_path``) and
+    """Sandbox ``con`` to ``files`` (each a file and its exact glob, ``duck_path``) and
     ``temp_dir``, lock it, and check what DuckDB reports."""
-    con.execute(f"SET temp_directory={_q(temp_dir)}")
+    con.execute(f"SET temp_directory={quote(temp_dir)}")
     con.execute("SET allowed_directories=[]")
-    con.execute("SET allowed_paths=[" + ", ".join(_q(f) for f in files) + "]")
+    con.execute("SET allowed_paths=[" + ", ".join(quote(f) for f in files) + "]")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
     # current_setting() returns the same settings as duckdb_settings(), as real lists (the
@@ -370,95 +129,19 @@ def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None
     (bytes; default :func:`default_memory_limit`) bounds the whole process, ``threads``
     (default: the usable CPUs) DuckDB's workers; both are locked with the sandbox.
     """
-    import duckdb
-    import pyarrow as pa
+    import duckdb  # lazy: `macpo status` and every --help load this module; duckdb takes ~90 ms
 
     con = duckdb.connect(config={"threads": threads or usable_cpus(),
                                  "memory_limit": f"{duckdb_memory_limit(memory_limit or default_memory_limit())}B"})
-    per_kind: dict[str, list[str]] = {k: [] for k in KINDS}
-    per_kind_facts: dict[str, list[str]] = {k: [] for k in KINDS}
-    dataset_rows, subset_rows = [], []
-    opened: list[str] = []
-    for src in sources:
-        m = src.manifest
-        dataset_rows.append(
-            f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(m.get('content_hash'))} AS content_hash, "
-            f"{_q(m.get('parent_hash')) if m.get('parent_hash') else 'NULL'}::VARCHAR AS parent_hash, "
-            f"{_q(m.get('config_hash')) if m.get('config_hash') else 'NULL'}::VARCHAR AS config_hash, "
-            f"{len(m['subsets'])} AS n_subsets, {sum(s['rows'] for s in m['subsets'].values())}::BIGINT AS n_rows, "
-            f"{_q(m.get('created_at', ''))} AS created_at"
-        )
-        stored_facts = fact_files(src.root, m) if src.use_facts else None
-        for subset, entry in m["subsets"].items():
-            kind = entry["kind"]
-            data = [_duck_path(src.root / f) for f in entry["files"]]
-            opened += [name for pair in data for name in pair]
-            files = "[" + ", ".join(_q(pattern) for _, pattern in data) + "]"
-            label = f"{_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset"
-            try:
-                present = _present_columns(src.root / entry["files"][0])
-            except (OSError, pa.ArrowException) as exc:
-                raise UserError(f"{src.dataset}/{src.version}: {entry['files'][0]} does not read as Parquet "
-                                f"({str(exc).splitlines()[0][:160]}); run `macpo status --verify`") from None
-            per_kind.setdefault(kind, []).append(f"SELECT {label}, {_columns(kind, present)}{_text_columns(kind)} FROM read_parquet({files})")
-            facts = stored_facts and stored_facts[subset]
-            if facts:
-                opened += [name for f in facts for name in _duck_path(f)]
-            per_kind_facts.setdefault(kind, []).append(_facts_source(kind, label, [src.root / f for f in entry["files"]], facts, present))
-            subset_rows.append(
-                f"SELECT {_q(src.dataset)} AS dataset, {_q(src.version)} AS version, {_q(subset)} AS subset, "
-                f"{_q(kind)} AS kind, {entry['rows']}::BIGINT AS n_rows, {_q(entry['content_hash'])} AS content_hash"
-            )
-    for kind, selects in per_kind.items():
-        empty = not selects
-        body = " UNION ALL ".join(selects) if selects else f"SELECT {_EMPTY_LABEL}, *{_text_columns(kind)} FROM {_empty_table(con, kind)}"
-        facts_body = _facts_select(kind, _EMPTY_LABEL, _empty_table(con, kind)) if empty else " UNION ALL ".join(per_kind_facts[kind])
-        try:  # binding a view reads every file's Parquet footer
-            con.execute(f"CREATE VIEW {kind} AS {body}")
-            con.execute(f"CREATE VIEW {kind}_facts AS {facts_body}")
-        except duckdb.Error as exc:
-            raise UserError(_unreadable(sources, exc)) from None
-    empty_ds = (
-        "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS content_hash, NULL::VARCHAR AS parent_hash, "
-        "NULL::VARCHAR AS config_hash, 0 AS n_subsets, 0::BIGINT AS n_rows, NULL::VARCHAR AS created_at WHERE false"
-    )
-    try:  # a manifest's row counts can add up past BIGINT
-        con.execute(f"CREATE VIEW datasets AS {' UNION ALL '.join(dataset_rows) or empty_ds}")
-    except duckdb.Error as exc:
-        raise UserError(f"the store's manifests do not make a datasets table: {duck_error(exc)}") from None
-    empty_sub = (
-        "SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS version, NULL::VARCHAR AS subset, NULL::VARCHAR AS kind, "
-        "0::BIGINT AS n_rows, NULL::VARCHAR AS content_hash WHERE false"
-    )
-    con.execute(f"CREATE VIEW subsets AS {' UNION ALL '.join(subset_rows) or empty_sub}")
-    con.execute(
-        "CREATE VIEW rounds AS SELECT dataset, CAST(regexp_extract(version, 'round-(\\d+)$', 1) AS INTEGER) AS round, "
-        "version, content_hash, parent_hash, config_hash, n_rows, created_at FROM datasets WHERE regexp_matches(version, '^round-\\d+$')"
-    )
+    opened = create_views(con, sources)
     _lock_down(con, sorted(set(opened)), _private_temp_dir())
     return con
-
-
-def _unreadable(sources: list[VersionSource], exc: Exception) -> str:
-    """One line naming the version and file DuckDB could not read (same size, other bytes)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for src in sources:
-        for entry in src.manifest["subsets"].values():
-            for rel in entry["files"]:
-                try:
-                    pq.read_schema(src.root / rel)
-                except (OSError, pa.ArrowException):
-                    return (f"{src.dataset}/{src.version}: {rel} does not read as Parquet "
-                            f"({duck_error(exc, 200)}); run `macpo status --verify`")
-    return f"cannot read the store's data: {duck_error(exc)}"
 
 
 def _explained(con, text: str):
     """The statements an ``EXPLAIN [ANALYZE] [(options)]`` statement wraps, found with DuckDB's
     own tokenizer (comments skipped), then parsed by DuckDB again."""
-    import duckdb
+    import duckdb  # lazy: `macpo status` and every --help load this module; duckdb takes ~90 ms
 
     tokens = [(pos, kind) for pos, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment]
     i = 1  # tokens[0] is EXPLAIN
@@ -482,7 +165,7 @@ def _explained(con, text: str):
 
 def check_read_only(con, sql: str):
     """Parse ``sql`` into statements; refuse anything but SELECT, and EXPLAIN of a SELECT."""
-    import duckdb
+    import duckdb  # lazy: `macpo status` and every --help load this module; duckdb takes ~90 ms
 
     try:
         statements = con.extract_statements(sql)
@@ -525,7 +208,7 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
     batches instead; on Ctrl-C or ``timeout`` it calls ``con.interrupt()``, which stops DuckDB
     within milliseconds. ``max_rows`` (0: all) stops fetching once that many rows are out.
     """
-    import duckdb
+    import duckdb  # lazy: `macpo status` and every --help load this module; duckdb takes ~90 ms
 
     batches: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
@@ -583,28 +266,8 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
                 continue
 
 
-def add_resource_flags(p) -> None:
-    """``--memory-limit`` and ``--threads``: the bounds of a command's DuckDB (sql, audit)."""
-    p.add_argument("--memory-limit", metavar="SIZE", default=None,
-                   help=f"the most memory this command may use, e.g. 4GB, 512MiB or 25%% of RAM (default "
-                        f"{DEFAULT_MEMORY_SHARE * 100:.0f}%% of RAM, here {default_memory_limit() / 1e9:.1f}GB); DuckDB spills "
-                        "to a private temp folder beyond it, or fails the query with one line")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help=f"DuckDB worker threads (default: the usable CPUs, here {usable_cpus()})")
-
-
-def resource_args(args) -> dict:
-    """``memory_limit`` and ``threads`` for :func:`connect` from the parsed flags, checked."""
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1; got {args.threads}")
-    limit = parse_size(args.memory_limit) if args.memory_limit is not None else None
-    return {"memory_limit": limit, "threads": args.threads}
-
-
 def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None = None, version: str | None = None,
                memory_limit: int | None = None, threads: int | None = None):
-    from macpo.store import Store
-
     store = Store(store_dir)
     sources = store_sources(store, dataset, version)
     for ref in hub or []:
@@ -728,12 +391,6 @@ class _Writer:
             print(f"macpo sql: note: output stopped at --max-rows {max_rows}", file=sys.stderr)
 
 
-def print_result(cols, rows, fmt: str, out=sys.stdout) -> None:
-    w = _Writer(fmt, out)
-    w.batch(cols, rows)
-    w.end(False, 0)
-
-
 def main(argv: list[str]) -> int:
     p = make_parser("sql", __doc__)
     p.add_argument("query", help="SQL: SELECT, or EXPLAIN of a SELECT")
@@ -782,6 +439,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from macpo.cli import main as cli_main
-
-    raise SystemExit(cli_main(["sql", *sys.argv[1:]]))
+    run_script("macpo sql", main)
