@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     if args.smoke:
         common.skip("demo_wall_seconds", "full and quick runs only", args)
         return 0
-    from macpo.orchestrate import demo_config_path
+    from macpo.run.config import demo_config_path
 
     config = demo_config_path().with_name("ci.yaml") if args.quick else demo_config_path()
     if not config.is_file():

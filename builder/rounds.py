@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from macpo.builder import pairing
-from macpo.builder.executor import Work, make_executor
+from macpo.builder.executor import Work, engine_key, make_executor
 from macpo.builder.generate import backend_record, derive_seed, generator_for
 from macpo.builder.models import load_model
 from macpo.builder.score import score, score_pairs
@@ -158,10 +158,6 @@ class RoundBuilder:
                 for j, (_, shards) in enumerate(jobs)]
 
     def _generate_job(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy: bool):
-        from functools import partial
-
-        from macpo.builder.executor import Work, engine_key
-
         work_dir = self.store.work_dir(self.layout.rounds_dataset, version)
         n = prompts_table.num_rows
         shards = []

@@ -12,18 +12,29 @@
   the round-0 student and each teacher, pairwise in both orders; ``--report`` shows the result.
 - ``--report``: the round x agent table, ``metrics.csv``, win rates against the round-0
   student, PNG plots and ``report.md`` in the run's output folder.
+
+The command (its options, loading and resolving the run config) is the run layer's
+(:mod:`macpo.run.stages`); this module gets the resolved config as an argument.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import hashlib
+from typing import TYPE_CHECKING
 
-from macpo.cliutil import make_parser, parse_kv
-from macpo.config import RunConfig
+import pyarrow as pa
+
+from macpo.builder.generate import backend_record, generator_for
 from macpo.errors import UserError
+from macpo.eval import sandbox
+from macpo.eval.judges import reward_model_scores
+from macpo.eval.sandbox.gates import CEILING, DPO_SANITY_AGENT, PRETRAINED
 from macpo.layout import RunLayout, apply_threads
 from macpo.methods import SELF_PLAY, WEAK_TO_STRONG
+from macpo.store import Store, Subset
+
+if TYPE_CHECKING:  # the run layer's type: a stage is handed a resolved config, never loads one
+    from macpo.config import RunConfig
 
 
 def is_sandbox(cfg: RunConfig) -> bool:
@@ -32,13 +43,9 @@ def is_sandbox(cfg: RunConfig) -> bool:
 
 # ---- prepare ---------------------------------------------------------------------------------
 def prepare(cfg: RunConfig) -> None:
-    from macpo.store import Store
-
     layout = RunLayout(cfg)
     store = Store(layout.store_dir, create=True)
     if is_sandbox(cfg):
-        from macpo.eval import sandbox
-
         names = [f"teacher-{k}" for k in range(cfg.K)] + ["student"]
         sandbox.prepare_models(cfg.world, names=names)
         sandbox.write_world(store, layout.data_dataset, cfg.world)
@@ -53,12 +60,6 @@ def split_offline_data(cfg: RunConfig, store, name: str) -> None:
     hashes the prompt id, so it does not depend on row order; ``max_rows: {dw: N, q: N, test: N}``
     keeps the N rows (q, test: distinct prompts) of each split with the lowest hash.
     """
-    import hashlib
-
-    import pyarrow as pa
-
-    from macpo.store import Store, Subset
-
     d = cfg.data
     if not d.get("store"):
         raise UserError("config data.store is required when the run does not use the sandbox")
@@ -98,8 +99,6 @@ def eval_agents(cfg: RunConfig, round_: int | None = None) -> list[str]:
     if cfg.method in SELF_PLAY:
         return ["student"]
     if round_ == 0 and has_premise_gates(cfg):
-        from macpo.eval.sandbox.gates import CEILING, DPO_SANITY_AGENT, PRETRAINED
-
         return [*cfg.agent_names(), PRETRAINED, CEILING, DPO_SANITY_AGENT]
     return cfg.agent_names()
 
@@ -111,17 +110,10 @@ def has_premise_gates(cfg: RunConfig) -> bool:
 
 
 def _agent_model(layout: RunLayout, agent: str, round_: int):
-    from macpo.eval.sandbox.gates import PRETRAINED
-
     return layout.base_model("student") if agent == PRETRAINED else layout.require_model(agent, round_)
 
 
 def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
-    import pyarrow as pa
-
-    from macpo.builder.generate import backend_record, generator_for
-    from macpo.store import Store, Subset
-
     apply_threads(cfg)
     layout = RunLayout(cfg)
     store = Store(layout.store_dir)
@@ -151,72 +143,12 @@ def evaluate_round(cfg: RunConfig, round_: int, progress: bool = True):
 def score_responses(cfg: RunConfig, metas, prompts, texts) -> list[list[dict]]:
     out = [[] for _ in texts]
     if is_sandbox(cfg):
-        from macpo.eval import sandbox
-
         for i, (meta, text) in enumerate(zip(metas, texts)):
             for axis, value in sandbox.gold_reward(meta, text).items():
                 if value is not None:
                     out[i].append({"axis": axis, "scorer": "gold", "value": float(value)})
     for axis, checkpoints in (cfg.eval.reward_models or {}).items():
         for ckpt in [checkpoints] if isinstance(checkpoints, str) else checkpoints:
-            from macpo.eval.judges import reward_model_scores
-
             for i, v in enumerate(reward_model_scores(ckpt, prompts, texts, batch_size=cfg.eval.batch_size)):
                 out[i].append({"axis": axis, "scorer": ckpt, "value": float(v)})
     return out
-
-
-def main(argv: list[str]) -> int:
-    p = make_parser("eval", __doc__)
-    p.add_argument("--config", required=True, help="run config YAML (a macpo run's OUT/run.yaml)")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--round", type=int, help="evaluate every agent's round-N model")
-    what.add_argument("--report", action="store_true", help="write report.md, metrics.csv and plots")
-    what.add_argument("--prepare", action="store_true", help="prepare the run's data (and sandbox models)")
-    what.add_argument("--gates", action="store_true",
-                      help="sandbox runs: measure the weak-to-strong premise gates at round 0 and write OUT/gates.json")
-    what.add_argument("--judge", action="store_true",
-                      help="ask the run's LLM judge (eval.judge) for the pairwise verdicts and print win / tie / loss; "
-                           "--report then reuses them (cached in OUT/judge/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = p.parse_args(argv)
-    from macpo import config as config_mod
-
-    from macpo.orchestrate import resolve_config
-
-    # Resolved as `macpo run` resolves it, so a standalone step with --set runs what the run would.
-    cfg = resolve_config(config_mod.load(args.config, parse_kv(args.set)))
-    if args.prepare:
-        prepare(cfg)
-        print(f"data ready in {RunLayout(cfg).store_dir}")
-    elif args.gates:
-        if not has_premise_gates(cfg):
-            raise UserError("--gates needs a sandbox run of method macpo or naive-w2s")
-        from macpo.eval.sandbox import gates
-
-        result = gates.compute(cfg)
-        path = gates.write(result, RunLayout(cfg).out)
-        print(gates.render(result["gates"]))
-        print(f"gates: {path}")
-    elif args.judge:
-        from macpo.eval.judge_llm import run_judge, summary_lines
-
-        print("\n".join(summary_lines(run_judge(cfg))))
-    elif args.report:
-        from macpo.eval.report import write_report
-
-        path = write_report(cfg)
-        print(f"report: {path}")
-    else:
-        if not 0 <= args.round <= cfg.T:
-            raise UserError(f"round {args.round} is outside 0..T={cfg.T}")
-        res = evaluate_round(cfg, args.round, progress=not args.no_progress)
-        print(f"{res.name}/{res.version}: {'written' if res.created else 'unchanged'}; content {res.content_hash}")
-    return 0
-
-
-if __name__ == "__main__":
-    from macpo.cli import main as cli_main
-
-    raise SystemExit(cli_main(["eval", *sys.argv[1:]]))

@@ -7,32 +7,29 @@ Every field carries ``help`` metadata, as TRL's config dataclasses do.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
+import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from macpo.cliutil import check_out_apart, check_out_path
+from macpo.configfields import build, coerce, load_yaml, parse_scalar, read_config_text
+from macpo.configfields import help_field as _f
 from macpo.errors import UserError
 from macpo.hashing import json_hash
 from macpo.methods import CHOSEN_RULES, METHODS, SELF_PLAY, WEAK_TO_STRONG, round0_start  # noqa: F401 (round0_start: callers import it from here)
 from macpo.sampling import SamplingParams
+from macpo.store import check_name
+from macpo.trainer.train_config import JOB_FIELDS, TrainConfig, check_values
 
 NEGATIVES = ("hard", "none", "self")
 WEAK_LABELS = ("sampled", "greedy")
 BACKENDS = ("transformers", "vllm")
 EXECUTORS = ("local", "ray")
-
-
-def _f(default, help: str):
-    """A field with TRL-style ``help`` metadata; mutable defaults are deep-copied per instance."""
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -88,8 +85,6 @@ METHOD_LOSS = {method: method for method in sorted(SELF_PLAY)}
 
 
 def _default_train() -> dict:
-    from macpo.trainer.train_config import TrainConfig
-
     return {name: TrainConfig(loss=loss) for name, loss in STAGE_LOSS.items()}
 
 
@@ -173,8 +168,6 @@ class RunConfig:
         return ["student", *self.teacher_names()]
 
     def to_dict(self) -> dict:
-        from macpo.trainer.train_config import JOB_FIELDS
-
         out = dataclasses.asdict(self)
         # A stage's job fields are set per job by the run; they are not part of the config.
         out["train"] = {k: {f: v for f, v in stage.items() if f not in JOB_FIELDS} for k, stage in out["train"].items()}
@@ -195,38 +188,14 @@ class RunConfig:
         return json_hash(self.to_dict())
 
 
-def _build(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
-    """Build dataclass ``cls`` from a plain mapping, refusing unknown keys and wrong types."""
-    if dataclasses.is_dataclass(data):
-        return data
-    if not isinstance(data, dict):
-        raise UserError(f"config {where or 'top level'}: expected a mapping, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        extra = ""
-        if set(unknown) & set(skip):
-            extra = f" ({', '.join(sorted(set(unknown) & set(skip)))}: set per job by the run)"
-        raise UserError(f"config {where or 'top level'}: unknown field(s) {', '.join(map(str, unknown))}{extra} "
-                        f"(known: {', '.join(names)})")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        sub = f"{where}.{key}" if where else key
-        kwargs[key] = _coerce_run_field(key, value, sub) if cls is RunConfig else _coerce(hints[key], value, sub)
-    return cls(**kwargs)
-
-
 def _coerce_run_field(name: str, value: Any, where: str):
     if name == "teachers":
         if not isinstance(value, list):
             raise UserError(f"config {where}: expected a list of models")
-        return [_build(AgentSpec, {"model": v} if isinstance(v, str) else v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [build(AgentSpec, {"model": v} if isinstance(v, str) else v, f"{where}[{i}]") for i, v in enumerate(value)]
     if name == "student":
-        return _build(AgentSpec, {"model": value} if isinstance(value, str) else value, where)
+        return build(AgentSpec, {"model": value} if isinstance(value, str) else value, where)
     if name == "train":
-        from macpo.trainer.train_config import JOB_FIELDS, TrainConfig, check_values
-
         if not isinstance(value, dict):
             raise UserError(f"config {where}: expected a mapping of stage -> settings")
         unknown = sorted(set(value) - set(STAGE_LOSS))
@@ -234,67 +203,15 @@ def _coerce_run_field(name: str, value: Any, where: str):
             raise UserError(f"config {where}: unknown stage(s) {', '.join(map(str, unknown))} (stages: {', '.join(STAGE_LOSS)})")
         stages = _default_train()
         for stage, settings in value.items():
-            built = _build(TrainConfig, {"loss": STAGE_LOSS[stage], **(settings or {})}, f"{where}.{stage}", skip=JOB_FIELDS)
+            built = build(TrainConfig, {"loss": STAGE_LOSS[stage], **(settings or {})}, f"{where}.{stage}", skip=JOB_FIELDS)
             stages[stage] = check_values(built, f"config {where}.{stage}: ")
         return stages
     hint = typing.get_type_hints(RunConfig)[name]
-    return _coerce(hint, value, where)
-
-
-def _coerce(hint: Any, value: Any, where: str):
-    """``value`` as type ``hint`` (bool, int, float, str, list, dict, Optional, Literal, dataclass)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        return _coerce(next(a for a in args if a is not type(None)), value, where)
-    if origin is typing.Literal:
-        if value not in args:
-            raise UserError(f"config {where}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config {where}: expected true/false, got {value!r}")
-        return value
-    if hint in (int, float):
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads "2e-3" as a string
-                value = float(value)
-            except ValueError:
-                pass
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise UserError(f"config {where}: expected a number, got {value!r}")
-        if isinstance(value, int) and abs(value) > _MAX_CONFIG_INT:
-            # Far beyond any limit below, and float() of a 400-digit integer overflows.
-            raise UserError(f"config {where}: {str(value)[:12]}... ({len(str(abs(value)))} digits) is out of range")
-        if not math.isfinite(value):  # nan/inf compare False with every bound; refuse them here, once
-            raise UserError(f"config {where}: expected a finite number, got {value!r}")
-        if hint is float:
-            return float(value)
-        if not float(value).is_integer():
-            raise UserError(f"config {where}: expected an integer, got {value!r}")
-        return int(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise UserError(f"config {where}: expected a string, got {value!r}")
-        return str(value)
-    if origin is list or hint is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise UserError(f"config {where}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config {where}: expected a mapping, got {value!r}")
-        return value
-    return value
+    return coerce(hint, value, where)
 
 
 def from_dict(data: dict) -> RunConfig:
-    cfg = _build(RunConfig, data or {}, "")
+    cfg = build(RunConfig, data or {}, "", coerce_field=_coerce_run_field)
     validate(cfg)
     return cfg
 
@@ -303,7 +220,6 @@ def from_dict(data: dict) -> RunConfig:
 # work: T: 100000000 planned forever, shard_size: 0 and sampling.batch_size: 0 crashed the build.
 # The field help states the same limits. None = unbounded on that side.
 MAX_K, MAX_T = 16, 100
-_MAX_CONFIG_INT = 10**18
 _RANGES = [
     ("seed", 0, (2**32 - 1) // 1000 - 1), ("K", 0, MAX_K), ("T", 0, MAX_T), ("threads", 0, 1024),
     ("shard_size", 1, 10**6),
@@ -336,9 +252,6 @@ MAX_NAME = 128
 
 def check_paths(cfg: RunConfig) -> None:
     """The run's name and `out` can hold what the run writes, and `out` stays clear of what it reads."""
-    from macpo.cliutil import check_out_apart, check_out_path
-    from macpo.store import check_name
-
     # The name is a folder name in the store (NAME, NAME-data, NAME-evals), below the file system's 255.
     check_name("config name", cfg.name)
     if len(cfg.name) > MAX_NAME:
@@ -409,8 +322,6 @@ def validate(cfg: RunConfig) -> None:
 
 
 def check_judge(j: JudgeConfig) -> None:
-    import re
-
     if not re.match(r"https?://[^/\s]+", j.base_url or ""):
         raise UserError(f"config eval.judge.base_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {j.base_url!r}")
     if not j.model:
@@ -424,37 +335,6 @@ def check_judge(j: JudgeConfig) -> None:
                         "nor a Jinja file")
     if j.max_concurrency < 1 or j.max_retries < 0 or j.timeout <= 0 or j.max_tokens < 1:
         raise UserError("config eval.judge: max_concurrency and max_tokens must be >= 1, max_retries >= 0, timeout > 0")
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: ``*name`` expands without limit (a few lines of
-    nested aliases make gigabytes) and may refer to itself (a recursive value that no code
-    downstream can walk). A config never needs them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"line {event.start_mark.line + 1}: alias *{event.anchor} (YAML aliases are not allowed "
-                "in a config; write the value out)", event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def load_yaml(text: str, where: str):
-    """``text`` parsed with the alias-free safe loader, or a one-line UserError naming ``where``."""
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    except (ValueError, RecursionError) as exc:  # int('9'*5000) (Python's digit limit); 100k nested brackets
-        raise UserError(f"{where}: invalid YAML ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def _parse_scalar(text: str):
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, ValueError, RecursionError):
-        return text
 
 
 def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
@@ -472,31 +352,8 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):
                 raise UserError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = _parse_scalar(raw)
+        node[parts[-1]] = parse_scalar(raw)
     return data
-
-
-MAX_CONFIG_BYTES = 16 << 20
-
-
-def read_config_text(p: Path) -> str:
-    """A config file's text, refusing what is not one: a missing path, a folder or device
-    (/dev/zero never ends), a huge file, bytes that are not UTF-8."""
-    if not p.exists():
-        raise UserError(f"config file {p} does not exist")
-    if not p.is_file():
-        raise UserError(f"config file {p} is not a regular file")
-    try:
-        with open(p, "rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise UserError(f"config file {p}: cannot read it ({exc.strerror or exc})") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UserError(f"config file {p} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a small YAML file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"config file {p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -511,15 +368,15 @@ def read_yaml(path: str | Path) -> dict:
 def load(path: str | Path | None, overrides: dict[str, str] | None = None, base: dict | None = None) -> RunConfig:
     data = dict(base or {})
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     data = apply_overrides(data, overrides or {})
     return from_dict(data)
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -540,8 +397,6 @@ def _yaml(obj: Any, **kw) -> str:
 
 def describe(cfg: RunConfig) -> str:
     """The resolved config as YAML, each field preceded by its help text (``--print-config``)."""
-    from macpo.trainer.train_config import JOB_FIELDS
-
     lines: list[str] = []
 
     def emit(obj: Any, indent: int, skip: tuple[str, ...] = ()) -> None:

@@ -155,7 +155,7 @@ def test_sandbox_plans_measure_the_gates_at_round_zero(tmp_path):
 
     from macpo import config as config_mod
     from macpo.eval.cli import eval_agents
-    from macpo.orchestrate import plan
+    from macpo.run.plan import plan
 
     base = {"teachers": ["t0", "t1"], "student": "s", "out": str(tmp_path / "out"), "K": 2, "T": 2,
             "world": {"sizes": {"dw": 8, "q": 8, "val": 4, "test": 8}}}
@@ -203,7 +203,7 @@ def test_deviations_from_the_paper_are_listed_with_their_reason():
 
 def test_demo_summary_prints_gates_and_every_agent(tmp_path):
     from macpo import config as config_mod
-    from macpo.orchestrate import summarize
+    from macpo.run.summary import summarize
 
     cfg = config_mod.from_dict({"teachers": ["t0"], "student": "s", "out": str(tmp_path), "K": 1, "T": 1})
     gates = G.all_gates({"student": 0.4, "teacher-0": 0.5, G.PRETRAINED: 0.25, G.CEILING: 0.7}, None, None, ["teacher-0"])

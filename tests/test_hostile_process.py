@@ -136,9 +136,10 @@ time.sleep(300)
 RUNNER = """
 import sys
 from pathlib import Path
-from macpo import orchestrate
-step = orchestrate.Step("slow stage", [sys.executable, "-c", sys.argv[1]], lambda: False)
-orchestrate._run_subprocess(step, Path(sys.argv[2]), verbose=False)
+from macpo.run.plan import Step
+from macpo.run.procs import run_step
+step = Step("slow stage", [sys.executable, "-c", sys.argv[1]], lambda: False)
+run_step(step, Path(sys.argv[2]), verbose=False)
 """
 
 

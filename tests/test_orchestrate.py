@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from macpo import config as config_mod
-from macpo.orchestrate import plan, step_keys
+from macpo.run.plan import plan, step_keys
 
 
 def _cfg(tmp_path, **over):
@@ -17,7 +17,7 @@ def jobs(cfg):
     """step name -> the agents its trainer process trains (in order), or None for other steps."""
     out = {}
     for s in plan(cfg, Path("run.yaml")):
-        if "macpo.trainbatch" in s.argv:
+        if "macpo.run.trainbatch" in s.argv:
             out[s.name] = [Path(job["out"]).name for job in json.loads(s.argv[-1])]
         else:
             out[s.name] = None
@@ -64,7 +64,7 @@ def train_jobs(cfg) -> dict[str, dict]:
     """'<step>/<agent>' -> the TrainConfig fields its trainer job receives."""
     out = {}
     for s in plan(cfg, Path("run.yaml")):
-        if "macpo.trainbatch" in s.argv:
+        if "macpo.run.trainbatch" in s.argv:
             for job in json.loads(s.argv[-1]):
                 out[f"{s.name}/{Path(job['out']).name}"] = job
     return out
@@ -138,7 +138,7 @@ def _non_default(name, value):
 
 
 def test_summary_names_the_reward_it_reports(tmp_path):
-    from macpo.orchestrate import summarize
+    from macpo.run.summary import summarize
 
     cfg = config_mod.from_dict({"name": "s", "out": str(tmp_path), "K": 1, "T": 1, "teachers": ["t"], "student": "s"})
     rows = [{"round": 0, "agent": "student", "reward": -0.1, "harmless": -0.1}]

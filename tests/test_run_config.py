@@ -17,7 +17,7 @@ import pytest
 
 from macpo import config as config_mod
 from macpo.layout import RunLayout
-from macpo.orchestrate import train_job
+from macpo.run.plan import train_job
 from macpo.store import Store, Subset
 from macpo.trainer.train_config import JOB_FIELDS, TrainConfig
 from test_trainer import make_cfg, pairs_rows, pairs_table, store_dir  # noqa: F401  (module fixture)
@@ -65,7 +65,7 @@ def test_every_trainconfig_field_reaches_the_trainer_process(tmp_path, tiny_mode
     layout = RunLayout(cfg)
     Store(layout.store_dir, create=True).write(cfg.name, "round-1", {"student": Subset("pairs", pairs_table(pairs_rows()))})
     job = train_job(cfg, layout, "dpo", agent="student", round_=1, version="round-1", subset="student", start_from=None)
-    proc = subprocess.run([sys.executable, "-m", "macpo.trainbatch", json.dumps([job])], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "macpo.run.trainbatch", json.dumps([job])], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = layout.model_dir("student", 1)

@@ -144,7 +144,7 @@ def test_stored_reference_logps_train_like_the_reference_model(ci_run, tmp_path)
     """`store_ref_logps: true`: the builder stores each learner's reference log-probs, and
     training from them gives the per-step losses of training with the reference model."""
     from macpo.config import load
-    from macpo.orchestrate import plan
+    from macpo.run.plan import plan
 
     out, _ = ci_run
     copy = tmp_path / "out"
@@ -174,7 +174,7 @@ def test_stored_reference_logps_train_like_the_reference_model(ci_run, tmp_path)
     metrics = {}
     for label, store_out in [("stored", copy), ("model", out)]:
         job = {**student_job, "data": str(store_out / "store"), "out": str(tmp_path / f"student-{label}")}
-        r = subprocess.run([sys.executable, "-m", "macpo.trainbatch", json.dumps([job])], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "macpo.run.trainbatch", json.dumps([job])], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         metrics[label] = json.loads((tmp_path / f"student-{label}" / "metrics.json").read_text())
     assert "reference log-probs from the data" in metrics["stored"]["data"]

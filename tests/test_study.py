@@ -10,8 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from macpo import study
-from macpo.orchestrate import Step
+from macpo.run.cache import StepCache, cache_key, config_view, output_hash
+from macpo.run.execute import Stopped
+from macpo.run.plan import Step
+from macpo.run.study import runner, tables
+from macpo.run.study.variants import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 CI_CONFIG = REPO / "eval" / "configs" / "ci.yaml"
@@ -31,21 +34,21 @@ def test_round0_keys_ignore_round_only_fields_and_the_run_folder(tmp_path):
     other = {**CFG, "T": 0, "mutual_positive": False, "chosen_rule": "oracle", "out": "/elsewhere",
              "train": {"dpo": {"lr": 5.0}, "student_sft": {"max_steps": 8}}}
     build0 = lambda run: _step("build round-0-labels", ["py", "build", "--config", f"{run}/run.yaml", "--round", "0"])  # noqa: E731
-    assert study.study_key(build0(a), a, CFG, ["h"]) == study.study_key(build0(b), b, other, ["h"])
+    assert cache_key(build0(a), a, CFG, ["h"]) == cache_key(build0(b), b, other, ["h"])
     # ...but not those that round 0 reads, and not for rounds >= 1
-    assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, {**CFG, "K": 3}, ["h"])
-    assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, {**CFG, "train": {"dpo": {}, "student_sft": {"max_steps": 9}}}, ["h"])
+    assert cache_key(build0(a), a, CFG, ["h"]) != cache_key(build0(a), a, {**CFG, "K": 3}, ["h"])
+    assert cache_key(build0(a), a, CFG, ["h"]) != cache_key(build0(a), a, {**CFG, "train": {"dpo": {}, "student_sft": {"max_steps": 9}}}, ["h"])
     build1 = lambda run: _step("build round-1", ["py", "build", "--config", f"{run}/run.yaml", "--round", "1"])  # noqa: E731
-    assert study.study_key(build1(a), a, CFG, ["h"]) != study.study_key(build1(b), b, other, ["h"])
-    assert study.study_key(build1(a), a, CFG, ["h"]) == study.study_key(build1(b), b, {**CFG, "T": 1, "out": "/x"}, ["h"])
+    assert cache_key(build1(a), a, CFG, ["h"]) != cache_key(build1(b), b, other, ["h"])
+    assert cache_key(build1(a), a, CFG, ["h"]) == cache_key(build1(b), b, {**CFG, "T": 1, "out": "/x"}, ["h"])
     # dependencies enter by the content of their outputs
-    assert study.study_key(build0(a), a, CFG, ["h"]) != study.study_key(build0(a), a, CFG, ["other"])
+    assert cache_key(build0(a), a, CFG, ["h"]) != cache_key(build0(a), a, CFG, ["other"])
 
 
 def test_round0_keys_read_negative_only_when_it_draws_a_second_sample(tmp_path):
     a = tmp_path / "a"
     build0 = _step("build round-0", ["py", "build", "--config", f"{a}/run.yaml", "--round", "0"])
-    key = lambda neg: study.study_key(build0, a, {**CFG, "negative": neg}, ["h"])  # noqa: E731
+    key = lambda neg: cache_key(build0, a, {**CFG, "negative": neg}, ["h"])  # noqa: E731
     assert key("hard") == key("none") != key("self")
 
 
@@ -53,7 +56,7 @@ def test_a_claimed_key_makes_the_second_claimant_wait(tmp_path):
     import threading
     import time
 
-    cache = study.StepCache(tmp_path / "cache")
+    cache = StepCache(tmp_path / "cache")
     order = []
     held = threading.Event()
 
@@ -77,25 +80,25 @@ def test_a_claimed_key_makes_the_second_claimant_wait(tmp_path):
 def test_a_failing_run_stops_the_others_and_its_own_error_is_the_one_reported(tmp_path, monkeypatch):
     from macpo.errors import UserError
 
-    def fake_execute(cfg, resolved, cache, tally, *, label, verbose, stop):
+    def fake_execute(cfg, resolved, *, shared, label, verbose, stop):
         if label.startswith("macpo "):
             raise UserError("step 'build round-1' failed: boom")
         stop.wait(10)  # the other runs are mid-step when it fails; they leave at their next step
-        raise study._Stopped()
+        raise Stopped()
 
-    monkeypatch.setattr(study, "execute_shared", fake_execute)
+    monkeypatch.setattr(runner, "execute", fake_execute)
     with pytest.raises(UserError, match="boom"):
-        study.run_study(str(CI_CONFIG), {}, ["naive-w2s", "macpo", "no-mp"], [0], tmp_path / "s", jobs=2)
+        runner.run_study(str(CI_CONFIG), {}, ["naive-w2s", "macpo", "no-mp"], [0], tmp_path / "s", jobs=2)
     assert not (tmp_path / "s" / "study.md").exists()
 
 
 def test_a_trainer_step_is_keyed_by_its_jobs_alone(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    train = lambda run, lr: _step("train student round-1", ["py", "-m", "macpo.trainbatch", json.dumps([{"out": f"{run}/m", "lr": lr}])])  # noqa: E731
-    assert study.config_view(CFG, "train student round-1", train(a, 1).argv) is None
-    assert study.study_key(train(a, 1), a, CFG, []) == study.study_key(train(b, 1), b, {**CFG, "T": 9, "K": 1}, [])
-    assert study.study_key(train(a, 1), a, CFG, []) != study.study_key(train(a, 2), a, CFG, [])
-    assert study.study_key(train(a, 1), a, CFG, []) != study.study_key(train(a, 1), a, {**CFG, "threads": 2}, [])
+    train = lambda run, lr: _step("train student round-1", ["py", "-m", "macpo.run.trainbatch", json.dumps([{"out": f"{run}/m", "lr": lr}])])  # noqa: E731
+    assert config_view(CFG, "train student round-1", train(a, 1).argv) is None
+    assert cache_key(train(a, 1), a, CFG, []) == cache_key(train(b, 1), b, {**CFG, "T": 9, "K": 1}, [])
+    assert cache_key(train(a, 1), a, CFG, []) != cache_key(train(a, 2), a, CFG, [])
+    assert cache_key(train(a, 1), a, CFG, []) != cache_key(train(a, 1), a, {**CFG, "threads": 2}, [])
 
 
 def test_output_hash_is_content_not_run_paths(tmp_path):
@@ -105,13 +108,13 @@ def test_output_hash_is_content_not_run_paths(tmp_path):
         (m / "model.safetensors").write_bytes(b"weights")
         (m / "metrics.json").write_text(json.dumps({"seconds": note}))
         (m / "train_config.json").write_text(json.dumps({"out": str(m)}))
-    assert study.output_hash([m1]) == study.output_hash([m2])
+    assert output_hash([m1]) == output_hash([m2])
     (m2 / "model.safetensors").write_bytes(b"other weights")
-    assert study.output_hash([m1]) != study.output_hash([m2])
+    assert output_hash([m1]) != output_hash([m2])
     v = tmp_path / "store/ds/round-0"
     v.mkdir(parents=True)
     (v / "manifest.json").write_text(json.dumps({"content_hash": "sha256:abc", "config": {"out": "anything"}}))
-    assert study.output_hash([v]) == study.output_hash([v]) and study.output_hash([v]) != study.output_hash([m1])
+    assert output_hash([v]) == output_hash([v]) and output_hash([v]) != output_hash([m1])
 
 
 def test_step_cache_saves_and_restores_outputs(tmp_path):
@@ -119,7 +122,7 @@ def test_step_cache_saves_and_restores_outputs(tmp_path):
     out_a = run_a / "models/round-0/student"
     out_a.mkdir(parents=True)
     (out_a / "model.safetensors").write_bytes(b"w")
-    cache = study.StepCache(tmp_path / "cache")
+    cache = StepCache(tmp_path / "cache")
     assert not cache.has("sha256:k")
     cache.save("sha256:k", run_a, [out_a], {"step": "train"})
     assert cache.has("sha256:k")
@@ -146,7 +149,7 @@ GOLD = (SimpleNamespace(aggregate=_aggregate), IDS, METAS, [json.loads(m)["task"
 
 def _run(variant, seed, answers_by_cell, rows=None):
     responses = {cell: dict(zip(IDS, texts)) for cell, texts in answers_by_cell.items()}
-    return study.RunResult(variant, seed, Path("."), rows or [], responses)
+    return tables.RunResult(variant, seed, Path("."), rows or [], responses)
 
 
 def right(n):
@@ -158,7 +161,7 @@ def test_summary_means_intervals_and_paired_difference():
     for seed in (0, 1):
         read.append(_run("naive-w2s", seed, {(0, "student"): right(2), (0, "teacher-0"): right(1)}))
         read.append(_run("macpo", seed, {(0, "student"): right(2), (1, "student"): right(3 + seed)}))
-    rows = study.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], GOLD, n_boot=300)
+    rows = tables.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], GOLD, n_boot=300)
     naive, macpo = rows
     assert naive["combined"].mean == pytest.approx((2 / 6 + 1) / 2) and naive["round"] == 0
     assert macpo["round"] == 1 and macpo["helpful"].mean == pytest.approx((3 / 6 + 4 / 6) / 2)
@@ -176,21 +179,21 @@ def test_a_world_per_seed_resamples_prompts_within_each_seed():
     gold = {0: GOLD, 1: (GOLD[0], ids1, METAS, GOLD[3])}
     read = []
     for seed, ids in ((0, IDS), (1, ids1)):
-        read.append(study.RunResult("naive-w2s", seed, Path("."), [], {(0, "student"): dict(zip(ids, right(2)))}))
-        read.append(study.RunResult("macpo", seed, Path("."), [], {(1, "student"): dict(zip(ids, right(4)))}))
-    naive, macpo = study.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], gold, n_boot=200)
+        read.append(tables.RunResult("naive-w2s", seed, Path("."), [], {(0, "student"): dict(zip(ids, right(2)))}))
+        read.append(tables.RunResult("macpo", seed, Path("."), [], {(1, "student"): dict(zip(ids, right(4)))}))
+    naive, macpo = tables.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], gold, n_boot=200)
     assert naive["helpful"].mean == pytest.approx(2 / 6) and macpo["helpful"].mean == pytest.approx(4 / 6)
     assert macpo["combined"].low <= macpo["combined"].mean <= macpo["combined"].high
     assert 0 <= macpo["diff_vs_baseline"].low <= macpo["diff_vs_baseline"].mean == pytest.approx(2 / 6 / 2)
     # A seed's runs are never scored against another seed's prompts: no score rather than a wrong one.
-    wrong = study.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], {0: GOLD, 1: GOLD}, n_boot=10)
+    wrong = tables.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], {0: GOLD, 1: GOLD}, n_boot=10)
     assert wrong[1]["helpful"].mean is None
 
 
 def test_seeds_redraw_the_world_unless_it_is_fixed(tmp_path):
-    runs = study.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path)
+    runs = runner.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path)
     assert [(r[2]["world"]["seed"], r[2]["world"]["pretrain"]["seed"]) for r in runs] == [(0, 0), (1, 1)]
-    fixed = study.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path, vary_world=False)
+    fixed = runner.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path, vary_world=False)
     assert {(r[2]["world"]["seed"], r[2]["world"]["pretrain"]["seed"]) for r in fixed} == {(0, 0)}
 
 
@@ -199,7 +202,7 @@ def test_study_rows_pgr_uses_the_baseline_run_of_the_same_seed():
                  {"round": 0, "agent": "ceiling", "combined": 0.9}]
     naive = _run("naive-w2s", 0, {}, base_rows)
     spin = _run("spin", 0, {}, [{"round": 1, "agent": "student", "combined": 0.65}])
-    rows = study.study_rows([naive, spin], {0: naive})
+    rows = tables.study_rows([naive, spin], {0: naive})
     by = {(r["variant"], r["round"], r["agent"]): r for r in rows}
     assert by[("naive-w2s", 0, "student")]["pgr"] == pytest.approx(0.2)
     assert by[("spin", 1, "student")]["pgr"] == pytest.approx(0.5)
@@ -214,7 +217,7 @@ def test_user_mistakes_exit_2_and_write_nothing(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
         assert not out.exists()
     r = subprocess.run([*MACPO, "study", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and all(v in r.stdout for v in study.VARIANTS)
+    assert r.returncode == 0 and all(v in r.stdout for v in VARIANTS)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ def test_a_study_needs_the_sandbox_gold_reward(tmp_path):
 
 
 def test_a_gate_one_run_cannot_measure_fails_only_if_no_run_measured_it():
-    from macpo.study import failed_gates
+    from macpo.run.study.tables import failed_gates
 
     na = {"name": "filter-beats-random", "value": None, "pass": False}
     ok = {"name": "filter-beats-random", "value": 0.88, "pass": True}

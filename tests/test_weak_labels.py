@@ -142,7 +142,7 @@ def test_ci_run_samples_weak_labels_and_reuses_them_in_round_1(ci_run):
 def test_greedy_weak_labels_on_the_ci_run(ci_run, tmp_path, monkeypatch):
     """`weak_labels: greedy` rebuilds the labels with argmax decoding (the run's own models, on a copy)."""
     from macpo.builder.rounds import RoundBuilder
-    from macpo.orchestrate import resolve_config
+    from macpo.run.config import resolve_config
 
     out = tmp_path / "copy"
     shutil.copytree(ci_run[0], out)

@@ -1,10 +1,11 @@
 """``python -m macpo.trainer`` / ``accelerate launch -m macpo.trainer``: same as ``macpo train``."""
 
 import os
-import sys
 
-from macpo.cli import main
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before any tokenizer loads, as `macpo` sets it
+
+from macpo.cliutil import run_script  # noqa: E402
+from macpo.trainer.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    raise SystemExit(main(["train", *sys.argv[1:]]))
+    run_script("macpo train", main)

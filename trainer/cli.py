@@ -11,14 +11,15 @@ import os
 import subprocess
 import sys
 
+from macpo.cliutil import run_script
 from macpo.errors import UserError
+from macpo.trainer.modeling import use_cpu
+from macpo.trainer.train import run_training
+from macpo.trainer.train_config import parse_args, to_argv
 
 
 def accelerate_command(cfg) -> list[str]:
     """``accelerate launch ... -m macpo.trainer <flags>`` reproducing ``cfg`` without the launcher."""
-    from macpo.trainer.modeling import use_cpu
-    from macpo.trainer.train_config import to_argv
-
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if cfg.accelerate_config:
         if not os.path.isfile(cfg.accelerate_config):
@@ -41,8 +42,6 @@ def accelerate_command(cfg) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from macpo.trainer.train_config import parse_args
-
     return run(parse_args(argv))
 
 
@@ -50,9 +49,6 @@ def run(cfg) -> int:
     """Train one validated TrainConfig: here, or under ``accelerate launch`` when its launcher says so."""
     if cfg.launcher == "accelerate":
         return subprocess.call(accelerate_command(cfg))
-
-    from macpo.trainer.train import run_training
-
     metrics = run_training(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         losses = metrics["losses"]
@@ -65,6 +61,4 @@ def run(cfg) -> int:
 
 
 if __name__ == "__main__":
-    from macpo.cli import main as cli_main
-
-    raise SystemExit(cli_main(["train", *sys.argv[1:]]))
+    run_script("macpo train", main)

@@ -10,21 +10,19 @@ No torch/transformers import at module level: ``macpo train --help`` stays quick
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
+from macpo.configfields import build, load_yaml, read_config_text
+from macpo.configfields import help_field as _f
 from macpo.errors import UserError
 
 LOSSES = ("sft", "dpo", "dpo-nll", "spin", "spac")
 # Losses that need the policy's own sample y' (``self_response``) in every row.
 SELF_PLAY_LOSSES = ("spin", "spac")
-
-
-def _f(default, help: str, **kw):
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -119,8 +117,6 @@ def check_values(cfg: TrainConfig, where: str = "") -> TrainConfig:
 def _check_values(cfg: TrainConfig) -> None:
     if cfg.loss not in LOSSES:
         raise UserError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
-    import math
-
     for f in dataclasses.fields(cfg):  # nan passes every `> 0` below as False, inf passes them as True
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -155,7 +151,7 @@ def _check_values(cfg: TrainConfig) -> None:
 
 
 def _parser():
-    from trl import TrlParser
+    from trl import TrlParser  # heavy (torch, transformers): only a command that parses flags pays for it
 
     class Parser(TrlParser):
         """TrlParser with the project's one-line usage errors (exit 2)."""
@@ -193,10 +189,6 @@ def parse_args(argv: list[str]) -> TrainConfig:
 
 def _check_yaml(path: str) -> None:
     """Refuse unknown keys up front with the field names, instead of TrlParser's generic message."""
-    from pathlib import Path
-
-    from macpo.config import load_yaml, read_config_text
-
     # The run config's checks (a regular UTF-8 file, no YAML aliases) before TrlParser reads it again.
     data = load_yaml(read_config_text(Path(path)), path) or {}
     if not isinstance(data, dict):
@@ -209,9 +201,7 @@ def _check_yaml(path: str) -> None:
 
 def from_dict(data: dict) -> TrainConfig:
     """A validated TrainConfig from a mapping of its fields (unknown names and wrong types refused)."""
-    from macpo.config import _build
-
-    return validate(_build(TrainConfig, data, "train job"))
+    return validate(build(TrainConfig, data, "train job"))
 
 
 def to_argv(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:

@@ -1,4 +1,4 @@
-"""Run several ``macpo train`` jobs in one trainer process: ``python -m macpo.trainbatch JOBS_JSON``.
+"""Run several ``macpo train`` jobs in one trainer process: ``python -m macpo.run.trainbatch JOBS_JSON``.
 
 ``JOBS_JSON`` is a JSON list of jobs, run in order (a later job may start from an earlier job's
 output, e.g. a negative model from its positive). A job is either a mapping of TrainConfig
@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 
+from macpo.cliutil import run_script
 from macpo.errors import UserError
+from macpo.trainer.cli import main as train_main
+from macpo.trainer.cli import run as train_run
+from macpo.trainer.train_config import from_dict
 
 
 def main(argv: list[str]) -> int:
@@ -23,10 +27,6 @@ def main(argv: list[str]) -> int:
         jobs = json.loads(argv[0])
     except json.JSONDecodeError as exc:
         raise UserError(f"jobs must be a JSON list of argument lists ({exc.msg})") from None
-    from macpo.trainer.cli import main as train_main
-    from macpo.trainer.cli import run as train_run
-    from macpo.trainer.train_config import from_dict
-
     if not isinstance(jobs, list):
         raise UserError("jobs must be a JSON list")
     for i, job in enumerate(jobs, 1):
@@ -43,6 +43,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from macpo.cliutil import run_script
-
     run_script("macpo train", main)
