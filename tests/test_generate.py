@@ -261,7 +261,7 @@ def test_vllm_serves_an_adapter_folder_given_as_the_model(talky_dir, adapters):
 def hh_prompts(path, n):
     import gzip
 
-    from macpo.builder.importers import parse_hh
+    from macpo.builder.import_formats import parse_hh
 
     rows = []
     with gzip.open(path, "rt") as f:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from helpers import one_line_error
-from macpo.builder.importers import parse_hh, parse_llamafactory, parse_trl, split_flat_history
+from macpo.builder.import_formats import parse_hh, parse_llamafactory, parse_trl, split_flat_history
 from macpo.store import Store
 
 MACPO = [sys.executable, "-m", "macpo.cli"]

@@ -31,7 +31,7 @@ AGREEMENT = 0.9  # the issue's bar: float rounding may flip a near-tie argmax on
 
 def hh_prompts(path: Path, n: int) -> list[list[dict]]:
     """The first ``n`` short single-turn prompts of the HH-RLHF harmless test split."""
-    from macpo.builder.importers import parse_hh
+    from macpo.builder.import_formats import parse_hh
 
     out = []
     with gzip.open(path, "rt") as f:

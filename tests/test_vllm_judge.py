@@ -105,7 +105,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hh_pairs(shared_hh):
     """The first few short single-turn HH-RLHF pairs: (prompt messages, chosen text, rejected text)."""
-    from macpo.builder.importers import parse_hh
+    from macpo.builder.import_formats import parse_hh
 
     out = []
     with gzip.open(shared_hh, "rt") as f:
