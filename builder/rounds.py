@@ -41,19 +41,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from macpo.builder import pairing
 from macpo.builder.executor import Work, engine_key, make_executor
-from macpo.builder.generate import backend_record, derive_seed, generator_for
-from macpo.builder.models import load_model
-from macpo.builder.score import score, score_pairs
+from macpo.builder.generate import backend_record, derive_seed
+from macpo.builder.round_tables import concat, replace_column, rows_equal, sft_rows, weak_labels_as_candidates
+from macpo.builder.score import score_pairs
+from macpo.builder.shards import fingerprint, generate_shard, load_generator, load_scorer, score_shard
 from macpo.errors import UserError
-from macpo.hashing import json_hash
 from macpo.layout import RunLayout, apply_threads
 from macpo.methods import SELF_PLAY
-from macpo.schema import conform
 from macpo.store import Store, Subset
 
 if TYPE_CHECKING:  # the run layer's type: a stage is handed a resolved config, never loads one
@@ -64,27 +62,6 @@ if TYPE_CHECKING:  # the run layer's type: a stage is handed a resolved config, 
 Oracle = Callable[[Store, str, list, list], list]
 
 BOOTSTRAP_PARTS = ("teachers", "labels", "final")
-
-
-# ---- small table helpers ---------------------------------------------------------------
-def _sft_rows(prompts, completions, *, prompt_ids, agent, source_agent, round_, sampling: dict | None = None):
-    n = len(prompts)
-    cols = {
-        "example_id": [f"r{round_}-{agent}-{pid}" for pid in prompt_ids],
-        "prompt_id": list(prompt_ids),
-        "round": pa.array([round_] * n, pa.int32()),
-        "agent": [agent] * n,
-        "prompt": list(prompts),
-        "completion": [[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in completions],
-        "source_agent": [source_agent] * n,
-    }
-    for key, value in (sampling or {}).items():
-        cols[key] = [value] * n
-    return pa.table(cols)
-
-
-def _concat(tables):
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 class RoundBuilder:
@@ -126,7 +103,7 @@ class RoundBuilder:
     # ---- sharded, resumable generation ---------------------------------------------------
     def scorer(self, agent: str, model_path: Path):
         """``(model, tokenizer)`` of ``agent`` for perplexity scoring (revision and GGUF file honoured)."""
-        return _load_scorer(self.layout.model_source(agent, model_path))
+        return load_scorer(self.layout.model_source(agent, model_path))
 
     @property
     def executor(self):
@@ -165,13 +142,13 @@ class RoundBuilder:
             part = prompts_table.slice(shard * self.cfg.shard_size, self.cfg.shard_size)
             params = self._sampling(round_, agent, shard, greedy)
             ids = part.column("prompt_id").to_pylist()
-            key = _fingerprint(ids, model_path, repr(params))
+            key = fingerprint(ids, model_path, repr(params))
             item = (f"{version} candidates of {agent}", round_, agent, ids, part.column("prompt").to_pylist(), params)
             shards.append((work_dir / f"gen-{agent}-{shard:05d}-{key}.parquet", item))
         source = self.layout.model_source(agent, model_path)
-        load = partial(_load_generator, self.cfg.generation, source, self.cfg.sampling.batch_size, self.cfg.sampling.seed)
+        load = partial(load_generator, self.cfg.generation, source, self.cfg.sampling.batch_size, self.cfg.sampling.seed)
         work = Work(key=repr(("generator", source, self.cfg.generation, self.cfg.sampling.batch_size, self.cfg.sampling.seed)),
-                    load=load, run=_generate_shard, desc=f"generate {agent}", model=repr(source),
+                    load=load, run=generate_shard, desc=f"generate {agent}", model=repr(source),
                     engine=engine_key(self.cfg.generation, source))
         return work, shards
 
@@ -179,7 +156,7 @@ class RoundBuilder:
         """Candidates of each ``(agent, model)`` on every prompt (one table per agent), one Parquet
         checkpoint per shard."""
         jobs = [self._generate_job(version, round_, agent, path, prompts_table, greedy) for agent, path in agents]
-        return [_concat(tables) for tables in self._run_shards(jobs, desc=f"{version} generation")]
+        return [concat(tables) for tables in self._run_shards(jobs, desc=f"{version} generation")]
 
     def generate(self, version: str, round_: int, agent: str, model_path: Path, prompts_table, greedy=False):
         """Candidates of ``agent`` on every prompt, one Parquet checkpoint per shard."""
@@ -195,13 +172,13 @@ class RoundBuilder:
             for shard, start in enumerate(range(0, candidates.num_rows, step)):
                 part = candidates.slice(start, step)
                 ids, responses = part.column("candidate_id").to_pylist(), part.column("response").to_pylist()
-                key = _fingerprint(ids, model_path, responses)
+                key = fingerprint(ids, model_path, responses)
                 item = (scorer, ids, part.column("prompt").to_pylist(), responses)
                 shards.append((work_dir / f"ppl-{scorer}-{shard:05d}-{key}.parquet", item))
             source = self.layout.model_source(scorer, model_path)
-            planned.append((Work(key=repr(("scorer", source)), load=partial(_load_scorer, source), run=_score_shard,
+            planned.append((Work(key=repr(("scorer", source)), load=partial(load_scorer, source), run=score_shard,
                                  desc=f"score under {scorer}", model=repr(source)), shards))
-        return [_concat(tables) for tables in self._run_shards(planned, desc=f"{version} scoring")]
+        return [concat(tables) for tables in self._run_shards(planned, desc=f"{version} scoring")]
 
     def score(self, version: str, scorer: str, model_path: Path, candidates):
         """Perplexity of each candidate under ``scorer``'s model; checkpointed per shard."""
@@ -222,13 +199,13 @@ class RoundBuilder:
         chosen = dw.column("chosen").to_pylist()
         if self.cfg.method in SELF_PLAY:
             # pi_0 for self-play methods: the student SFT'd on the offline chosen responses.
-            sft = _sft_rows(prompts, chosen, prompt_ids=ids, agent="student", source_agent="human", round_=0)
+            sft = sft_rows(prompts, chosen, prompt_ids=ids, agent="student", source_agent="human", round_=0)
             subsets = {"student-sft": Subset("sft", sft)}
         else:
             rejected = dw.column("rejected").to_pylist()
             subsets = {
-                "teacher-sft": Subset("sft", _sft_rows(prompts, chosen, prompt_ids=ids, agent="teachers", source_agent="human", round_=0)),
-                "teacher-neg-sft": Subset("sft", _sft_rows(prompts, rejected, prompt_ids=ids, agent="teachers-neg", source_agent="human", round_=0)),
+                "teacher-sft": Subset("sft", sft_rows(prompts, chosen, prompt_ids=ids, agent="teachers", source_agent="human", round_=0)),
+                "teacher-neg-sft": Subset("sft", sft_rows(prompts, rejected, prompt_ids=ids, agent="teachers-neg", source_agent="human", round_=0)),
             }
         return self._write("round-0-teachers", subsets, parent=None)
 
@@ -241,10 +218,10 @@ class RoundBuilder:
             if subset == "weak-negatives" and self.cfg.method == "naive-w2s":
                 continue  # the naive baseline never trains a student negative
             cands = self.generate("round-0-labels", 0, agent, self.layout.require_model(agent, 0), q, greedy=greedy)
-            cands = cands.filter(_eq(cands.column("sample_index"), 0))  # one label per prompt (negative: self draws 2)
+            cands = cands.filter(rows_equal(cands.column("sample_index"), 0))  # one label per prompt (negative: self draws 2)
             cols = {c: cands.column(c).to_pylist() for c in ("prompt", "response", "prompt_id")}
             sampling = {k: cands.column(k)[0].as_py() for k in ("temperature", "top_p", "top_k", "max_new_tokens")}
-            table = _sft_rows(cols["prompt"], cols["response"], prompt_ids=cols["prompt_id"], agent="student" if subset == "weak-labels" else "student-neg",
+            table = sft_rows(cols["prompt"], cols["response"], prompt_ids=cols["prompt_id"], agent="student" if subset == "weak-labels" else "student-neg",
                               source_agent=agent, round_=0, sampling=sampling)
             table = table.append_column("seed", cands.column("seed"))
             out[subset] = Subset("sft", table)
@@ -268,12 +245,12 @@ class RoundBuilder:
             generated = self.generate_all("round-0", 0, [(f"{x}-neg", self.layout.require_model(f"{x}-neg", 0)) for x in learners], q)
             for learner, cands in zip(learners, generated):
                 agent = f"{learner}-neg"
-                first = cands.filter(_eq(cands.column("sample_index"), 0))
-                table = _sft_rows(first.column("prompt").to_pylist(), first.column("response").to_pylist(),
+                first = cands.filter(rows_equal(cands.column("sample_index"), 0))
+                table = sft_rows(first.column("prompt").to_pylist(), first.column("response").to_pylist(),
                                   prompt_ids=first.column("prompt_id").to_pylist(), agent=learner, source_agent=agent, round_=0,
                                   sampling={k: first.column(k)[0].as_py() for k in ("temperature", "top_p", "top_k", "max_new_tokens")})
                 negatives.append(table.append_column("seed", first.column("seed")))
-            subsets["hard-negatives"] = Subset("sft", _concat(negatives))
+            subsets["hard-negatives"] = Subset("sft", concat(negatives))
         return self._write("round-0", subsets, parent=self._hash("round-0-labels") if self.store.has(name, "round-0-labels") else self._hash("round-0-teachers"))
 
     # ---- round N >= 1 --------------------------------------------------------------------
@@ -292,12 +269,12 @@ class RoundBuilder:
         reused = self._weak_label_candidates(n, q)
         fresh = [a for a in agents if a not in reused]
         drawn = {**dict(zip(fresh, self.generate_all(version, n, [(a, models[a]) for a in fresh], q))), **reused}
-        candidates = _concat([drawn[a] for a in agents])
+        candidates = concat([drawn[a] for a in agents])
         # Familiarity: the student scores teacher candidates; each teacher scores the student's.
-        is_student = _eq(candidates.column("agent"), "student")
+        is_student = rows_equal(candidates.column("agent"), "student")
         scores = self.score_all(version, [("student", models["student"], candidates),
                                           *[(t, models[t], candidates.filter(is_student)) for t in self.cfg.teacher_names()]])
-        candidates = pairing.attach_familiarity(candidates, _concat(scores))
+        candidates = pairing.attach_familiarity(candidates, concat(scores))
         pairs = pairing.macpo_pairs(
             candidates, hard_negatives if self.cfg.negative == "hard" else None, round_=n,
             mutual_positive=self.cfg.mutual_positive, negative=self.cfg.negative,
@@ -367,12 +344,12 @@ class RoundBuilder:
         prompts = table.column("prompt").to_pylist()
         chosen, rejected = score_pairs(model, tokenizer, prompts, table.column("chosen").to_pylist(),
                                        table.column("rejected").to_pylist(), max_length=stage.max_length, progress=self.progress)
-        table = _replace(table, "ref_chosen_logps", pa.array(chosen.sum_logps, pa.float64()))
-        table = _replace(table, "ref_rejected_logps", pa.array(rejected.sum_logps, pa.float64()))
+        table = replace_column(table, "ref_chosen_logps", pa.array(chosen.sum_logps, pa.float64()))
+        table = replace_column(table, "ref_rejected_logps", pa.array(rejected.sum_logps, pa.float64()))
         if "self_response" in table.column_names and table.column("self_response").null_count == 0:
             _, own = score_pairs(model, tokenizer, prompts, table.column("chosen").to_pylist(),
                                  table.column("self_response").to_pylist(), max_length=stage.max_length, progress=self.progress)
-            table = _replace(table, "ref_self_logps", pa.array(own.sum_logps, pa.float64()))
+            table = replace_column(table, "ref_self_logps", pa.array(own.sum_logps, pa.float64()))
         return table
 
     # ---- writing ---------------------------------------------------------------------------
@@ -392,94 +369,6 @@ class RoundBuilder:
     def _model_record(self, agent: str) -> dict:
         spec = self.layout.agent_spec(agent)
         return {"model": spec.model, "revision": spec.revision, "gguf_file": spec.gguf_file}
-
-
-def weak_labels_as_candidates(labels, prompt_ids: list[str], *, agent: str, round_: int, sampling: dict):
-    """The ``weak-labels`` rows as ``agent``'s round-``round_`` candidates, one per prompt in
-    ``prompt_ids`` order, or None when they were not drawn with ``sampling``'s settings (its seed
-    aside: each keeps the seed it was drawn with). ``candidate_id`` is the id the label's own
-    generation gave it (``r0-<agent>-<prompt_id>-0``), so a reused candidate reads as one."""
-    settings = ("temperature", "top_p", "top_k", "max_new_tokens")
-    drawn = {k: set(labels.column(k).to_pylist()) for k in settings}
-    if any(drawn[k] != {sampling[k]} for k in settings) or set(labels.column("source_agent").to_pylist()) != {agent}:
-        return None
-    rows = {r["prompt_id"]: r for r in labels.select(["prompt_id", "prompt", "completion", *settings, "seed"]).to_pylist()}
-    if len(rows) != labels.num_rows or set(rows) != set(prompt_ids):
-        raise UserError(f"round-0-labels/weak-labels holds {len(rows)} prompts, Q has {len(prompt_ids)} other ones; "
-                        "rebuild round 0 for this data")
-    picked = [rows[pid] for pid in prompt_ids]
-    table = pa.table({
-        "candidate_id": [f"r0-{agent}-{pid}-0" for pid in prompt_ids],
-        "prompt_id": list(prompt_ids),
-        "round": pa.array([round_] * len(picked), pa.int32()),
-        "agent": [agent] * len(picked),
-        "sample_index": pa.array([0] * len(picked), pa.int32()),
-        "prompt": [r["prompt"] for r in picked],
-        "response": [r["completion"] for r in picked],
-        **{k: [r[k] for r in picked] for k in (*settings, "seed")},
-    })
-    return conform(table, "candidates", f"round {round_} candidates of {agent} (its weak labels)")
-
-
-def _eq(column, value):
-    return pc.equal(column, value)
-
-
-def _replace(table, name, values):
-    idx = table.schema.get_field_index(name)
-    return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
-
-
-# ---- one shard: module-level, so a Ray worker runs exactly what the build process runs ----------
-def _load_generator(generation, source, batch_size: int, seed: int, progress: bool = True):
-    """The run's generation backend loaded with one model (revision and GGUF file honoured)."""
-    return generator_for(generation, source, batch_size=batch_size, progress=progress, seed=seed)
-
-
-def _load_scorer(source, progress: bool = True):
-    return load_model(source.path, revision=source.revision, gguf_file=source.gguf_file)
-
-
-def _generate_shard(generator, item, progress: bool = True):
-    """A ``candidates`` table: ``params.n`` samples of each prompt of one shard."""
-    where, round_, agent, prompt_ids, prompts, params = item
-    outputs = generator.generate(prompts, params)
-    rows = {k: [] for k in ("candidate_id", "prompt_id", "sample_index", "prompt", "response")}
-    for pid, prompt, samples in zip(prompt_ids, prompts, outputs):
-        for k, text in enumerate(samples):
-            rows["candidate_id"].append(f"r{round_}-{agent}-{pid}-{k}")
-            rows["prompt_id"].append(pid)
-            rows["sample_index"].append(k)
-            rows["prompt"].append(prompt)
-            rows["response"].append([{"role": "assistant", "content": text}])
-    m = len(rows["candidate_id"])
-    table = pa.table(
-        {
-            **rows,
-            "round": pa.array([round_] * m, pa.int32()),
-            "agent": [agent] * m,
-            "sample_index": pa.array(rows["sample_index"], pa.int32()),
-            **{k: [v] * m for k, v in params.columns().items()},
-        }
-    )
-    return conform(table, "candidates", where)
-
-
-def _score_shard(model_and_tokenizer, item, progress: bool = True):
-    """``candidate_id, scorer, ppl`` of one shard of candidates under the scorer's model."""
-    scorer, candidate_ids, prompts, responses = item
-    model, tokenizer = model_and_tokenizer
-    s = score(model, tokenizer, prompts, responses, progress=progress, desc=f"score under {scorer}")
-    return pa.table({"candidate_id": pa.array(candidate_ids, pa.string()), "scorer": [scorer] * len(candidate_ids),
-                     "ppl": pa.array(s.ppl, pa.float64())})
-
-
-def _fingerprint(*parts) -> str:
-    """Key of a shard checkpoint: its inputs and the model folder's files (names, sizes, mtimes),
-    so a checkpoint left by a different prompt set or a retrained model is never reused."""
-    model = Path(parts[1])
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model.iterdir() if f.is_file()) if model.is_dir() else str(model)
-    return json_hash([parts[0], str(model), files, *parts[2:]])[7:23]
 
 
 def _atomic_parquet(table, path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 from helpers import msgs
 from macpo import config as config_mod
 from macpo.builder import pairing
-from macpo.builder.rounds import _sft_rows, weak_labels_as_candidates
+from macpo.builder.round_tables import sft_rows
+from macpo.builder.round_tables import weak_labels_as_candidates
 from macpo.errors import UserError
 
 SAMPLING = {"temperature": 0.7, "top_p": 1.0, "top_k": 0, "max_new_tokens": 12, "seed": 99}
@@ -21,7 +22,7 @@ SAMPLING = {"temperature": 0.7, "top_p": 1.0, "top_k": 0, "max_new_tokens": 12, 
 def _labels(ids, texts, agent="teacher-0", **sampling) -> pa.Table:
     """A `weak-labels` subset as build_labels writes it (SFT rows for the student, per-row seed)."""
     settings = {k: v for k, v in {**SAMPLING, **sampling}.items() if k != "seed"}
-    table = _sft_rows([msgs("user", f"q {i}") for i in ids], texts, prompt_ids=ids, agent="student", source_agent=agent,
+    table = sft_rows([msgs("user", f"q {i}") for i in ids], texts, prompt_ids=ids, agent="student", source_agent=agent,
                       round_=0, sampling=settings)
     return table.append_column("seed", pa.array([1000 + k for k in range(len(ids))], pa.int64()))
 
@@ -92,7 +93,7 @@ def test_pairing_ranks_reused_labels_like_fresh_samples():
                                "scorer": ["teacher-0"] * 2 + ["teacher-1"] * 2, "ppl": [4.0, 4.0, 6.0, 6.0]})
     candidates = pairing.attach_familiarity(candidates, pa.concat_tables([scores, teacher_scores]))
     negatives = pa.concat_tables([
-        _sft_rows([msgs("user", f"q {p}") for p in ids], [f"neg {learner} {p}" for p in ids], prompt_ids=ids,
+        sft_rows([msgs("user", f"q {p}") for p in ids], [f"neg {learner} {p}" for p in ids], prompt_ids=ids,
                   agent=learner, source_agent=f"{learner}-neg", round_=0)
         for learner in ("student", "teacher-0", "teacher-1")])
     pairs = pairing.macpo_pairs(candidates, negatives, round_=1)
