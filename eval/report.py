@@ -11,16 +11,21 @@ import csv
 import importlib
 import json
 import math
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Template
 
 from macpo.eval import diagnostics as dg
+from macpo.eval import judge_llm
 from macpo.eval.judges import win_rate
+from macpo.eval.paper import deviations
+from macpo.eval.plots import agent_order, plot_run
 from macpo.eval.stats import pgr, pgr_note
 from macpo.layout import RunLayout
 from macpo.methods import round0_start
+from macpo.store import Store
 
 if TYPE_CHECKING:  # the run layer's type: the report is handed a resolved config, never loads one
     from macpo.config import RunConfig
@@ -33,8 +38,6 @@ _GOLD_MODULES = ("macpo.eval.sandbox", "macpo.eval.sandbox.reward", "macpo.eval.
 
 
 def _template() -> Template:
-    from importlib import resources
-
     return Template((resources.files("macpo.eval") / "templates" / "report.md.j2").read_text(), trim_blocks=True, lstrip_blocks=True)
 
 
@@ -106,8 +109,6 @@ def collect(cfg: RunConfig) -> tuple[list[dict], list[str], bool]:
 
 
 def _collect(cfg: RunConfig):
-    from macpo.store import Store
-
     layout = RunLayout(cfg)
     store = Store(layout.store_dir)
     gold = bool(cfg.world)
@@ -150,16 +151,12 @@ def _collect(cfg: RunConfig):
     pgr_why = add_pgr(rows, weak_agent=f"teacher-{cfg.weak_label_teacher}", premise_failed=any(not g["pass"] for g in gates))
     for row in rows:
         row["pgr_note"] = pgr_why if row["agent"] == "student" else None
-    rows.sort(key=lambda r: (r["round"], _agent_order(r["agent"])))
+    rows.sort(key=lambda r: (r["round"], agent_order(r["agent"])))
     if gold:
         axes = list(HEADLINE)
     else:
         axes = sorted({k for r in rows for k in r} - {"round", "agent", "method", "n", "win_rate_vs_round0", "reward", "pgr"}) + ["reward"]
     return rows, axes, gold, tasks
-
-
-def _agent_order(agent: str):
-    return (agent != "student", "ceiling" in agent, agent)
 
 
 def ceiling_agent(rows: list[dict]) -> str | None:
@@ -252,8 +249,6 @@ def premise_diagnostics(path: Path) -> dict:
 def round_diagnostics(cfg: RunConfig) -> list[dict]:
     """Per round >= 1 and learner: gold of chosen vs rejected, filter picks/accuracy, ppl-gold
     Spearman, DPO reward accuracy and margin. Sandbox runs only (needs the gold reward)."""
-    from macpo.store import Store
-
     if not cfg.world:
         return []
     layout = RunLayout(cfg)
@@ -277,7 +272,7 @@ def round_diagnostics(cfg: RunConfig) -> list[dict]:
         cands = None
         if "candidates" in subsets:
             cands = dg.attach_gold(store.read(layout.rounds_dataset, v, "candidates"), "response", metas, score, "gold")
-        for learner in sorted((s for s in subsets if s != "candidates"), key=_agent_order):
+        for learner in sorted((s for s in subsets if s != "candidates"), key=agent_order):
             pairs = dg.as_pairs(store.read(layout.rounds_dataset, v, learner))
             if "chosen" not in pairs.column_names:
                 continue
@@ -295,94 +290,6 @@ def round_diagnostics(cfg: RunConfig) -> list[dict]:
     return out
 
 
-# ---- plots ----------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot(rows: list[dict], axes: list[str], out: Path, diagnostics: list[dict] | None = None) -> list[Path]:
-    plt = _plt()
-    paths = []
-    agents = sorted({r["agent"] for r in rows}, key=_agent_order)
-    rounds = sorted({r["round"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for agent in agents:
-        pts = sorted((r["round"], r.get("reward")) for r in rows if r["agent"] == agent and r.get("reward") is not None)
-        if not pts:
-            continue
-        if len(pts) == 1 and "ceiling" in agent:
-            ax.axhline(pts[0][1], ls="--", color="grey", lw=1, label=f"{agent} (round 0)")
-            continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.5 if agent == "student" else 1.2, label=agent)
-    ax.set_xlabel("round")
-    ax.set_ylabel("reward" + (" (gold, combined)" if "combined" in axes else ""))
-    ax.set_title("Reward per round")
-    ax.set_xticks(rounds)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, out / "reward_by_round.png"))
-
-    x_axis, y_axis = ("helpful", "harmless") if "helpful" in axes and "harmless" in axes else (axes[0], axes[-1])
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for agent in agents:
-        pts = sorted((r["round"], r.get(x_axis), r.get(y_axis)) for r in rows if r["agent"] == agent)
-        pts = [p for p in pts if p[1] is not None and p[2] is not None]
-        if not pts:
-            continue
-        line = ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=agent, lw=2 if agent == "student" else 1)[0]
-        for rnd, x, y in pts:
-            ax.annotate(str(rnd), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=line.get_color())
-    ax.set_xlabel(x_axis)
-    ax.set_ylabel(y_axis)
-    ax.set_title(f"{x_axis} vs {y_axis} (labels: round)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, out / "helpful_vs_harmless.png"))
-
-    pgr_pts = sorted((r["round"], r["pgr"]) for r in rows if r["agent"] == "student" and r.get("pgr") is not None)
-    if pgr_pts:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([p[0] for p in pgr_pts], [p[1] for p in pgr_pts], marker="o", lw=2)
-        ax.axhline(0, color="grey", lw=1)
-        ax.axhline(1, color="grey", lw=1, ls="--")
-        ax.set_xlabel("round")
-        ax.set_ylabel("PGR")
-        ax.set_title("Performance gap recovered (0 = weak teacher, 1 = gold ceiling)")
-        ax.set_xticks(rounds)
-        ax.grid(alpha=0.3)
-        paths.append(_save(plt, fig, out / "pgr_by_round.png"))
-
-    student = [d for d in diagnostics or [] if d["learner"] == "student"]
-    if student:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-        xs = [d["round"] for d in student]
-        for key, label in (("chosen_gold", "chosen"), ("rejected_gold", "rejected")):
-            a1.plot(xs, [d.get(key) if d.get(key) is not None else float("nan") for d in student], marker="o", label=label)
-        a1.set_title("student pairs: mean gold")
-        for key, label in (("filter_gold", "familiarity filter"), ("random_gold", "random teacher"), ("oracle_gold", "oracle")):
-            a2.plot(xs, [d.get(key) if d.get(key) is not None else float("nan") for d in student], marker="o", label=label)
-        a2.set_title("gold of the picked teacher candidate")
-        for a in (a1, a2):
-            a.set_xlabel("round")
-            a.set_xticks(xs)
-            a.grid(alpha=0.3)
-            a.legend(fontsize=8)
-        paths.append(_save(plt, fig, out / "pairs_by_round.png"))
-    return paths
-
-
 # ---- writing ------------------------------------------------------------------------------------------------
 def _config_line(cfg: RunConfig) -> str:
     fields = ("mutual_positive", "negative", "hard_negative", "update_teachers", "chosen_rule")
@@ -396,8 +303,6 @@ def _sft_budget(cfg: RunConfig) -> str:
 
 
 def write_report(cfg: RunConfig) -> Path:
-    from macpo.store import Store
-
     layout = RunLayout(cfg)
     out = layout.out
     rows, axes, gold, tasks = _collect(cfg)
@@ -425,7 +330,7 @@ def write_report(cfg: RunConfig) -> Path:
     summary["gates_failed"] = [g["name"] for g in gates if not g["pass"]]
     (out / "metrics.json").write_text(json.dumps({**summary, "rows": rows, "gates": gates, "diagnostics": diagnostics},
                                                  indent=1, default=str))
-    pngs = [p.name for p in plot(rows, axes, out, diagnostics)]
+    pngs = [p.name for p in plot_run(rows, axes, out, diagnostics)]
     store = Store(layout.store_dir)
     rounds = [(v, store.manifest(layout.rounds_dataset, v)["content_hash"]) for v in store.versions(layout.rounds_dataset)] \
         if layout.rounds_dataset in store.datasets() else []
@@ -446,8 +351,6 @@ def judge_rows(cfg: RunConfig, rows: list[dict]) -> tuple[list[str], str]:
     student's rows, and return those column names and the report's judge section."""
     if cfg.eval.judge is None:
         return [], ""
-    from macpo.eval import judge_llm
-
     judged = judge_llm.run_judge(cfg)
     extra = judge_llm.columns(judged)
     for row in rows:
@@ -457,8 +360,6 @@ def judge_rows(cfg: RunConfig, rows: list[dict]) -> tuple[list[str], str]:
 
 def _deviations(cfg: RunConfig) -> list[dict]:
     """Settings where the run departs from the MACPO paper, with the measured reason (eval/paper.py)."""
-    from macpo.eval.paper import deviations
-
     return deviations(cfg.to_dict())
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from macpo.eval.report import _plt, _save
+from macpo.eval.plots import pyplot as _plt
+from macpo.eval.plots import save as _save
 from macpo.run.study.variants import BASELINE
 
 
