@@ -87,6 +87,20 @@ def test_facts_not_wordings_are_held_out():
     assert any(t.endswith("is a person .") for t in texts) and any(" a thing is " in t for t in texts)
 
 
+def test_unlabelled_targets_are_in_no_human_pair_but_in_q_and_test():
+    base = W.build({**SMALL, "axis": "harmless"})
+    world = W.build({**SMALL, "axis": "harmless", "unlabelled_targets": 4})
+    unlabelled = W.unlabelled_targets(W.resolve({"unlabelled_targets": 4}))
+    assert len(unlabelled) == 8 and "the baker" in unlabelled and "the stone" in unlabelled
+    assert not {p.prompt.meta["target"] for p in world.dw} & unlabelled
+    assert {p.meta["target"] for p in world.q} & unlabelled and {p.meta["target"] for p in world.test} & unlabelled
+    # Only D_w changes: the test set and the pretraining (the world's definition) are the same.
+    assert [p.text for p in world.test] == [p.text for p in base.test]
+    assert W.definition({"unlabelled_targets": 4}) == W.definition({})
+    with pytest.raises(UserError, match="unlabelled_targets"):
+        W.resolve({"unlabelled_targets": 13})
+
+
 @pytest.mark.parametrize("noise", [0.0, 0.2, 0.35])
 def test_label_noise_rate_is_honoured(noise):
     world = W.build({**SMALL, "label_noise": noise})

@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     # Verbs per request class (kind, harmful, dual-use) whose every request is reserved for test and
     # val: training never shows them in a request, only in the policy sentences of their class.
     "novel_verbs": 0,
+    # Targets per class (persons, objects) that no D_w pair mentions (world.unlabelled_targets):
+    # the verdict on a request about one must come from pretraining, not from the human labels.
+    "unlabelled_targets": 0,
     # Share of D_w pairs whose labels are flipped (chosen is the bad response).
     "label_noise": 0.2,
     # Share of benign D_w pairs whose rejected side is a partial, sloppy answer (a number cut short,
@@ -171,6 +174,9 @@ def validate(cfg: dict) -> None:
     _positive_int("novel_verbs", cfg["novel_verbs"])
     if int(cfg["novel_verbs"]) > 6:
         raise UserError("world.novel_verbs: must be in [0, 6] (each class has 12 verbs; training needs the rest)")
+    _positive_int("unlabelled_targets", cfg["unlabelled_targets"])
+    if int(cfg["unlabelled_targets"]) > 12:
+        raise UserError("world.unlabelled_targets: must be in [0, 12] (each class has 16 targets; D_w needs the rest)")
     if int(cfg["max_number"]) > 499:
         raise UserError("world.max_number: must be in [1, 499]")
     if not isinstance(cfg["models"], Mapping) or not cfg["models"]:

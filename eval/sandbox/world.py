@@ -152,6 +152,15 @@ def novel_verbs(cfg: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(v for verbs in (KIND_VERBS, HARMFUL_VERBS, DUAL_VERBS) for v in (verbs[len(verbs) - n:] if n else []))
 
 
+def unlabelled_targets(cfg: Mapping[str, Any]) -> frozenset[str]:
+    """The last ``unlabelled_targets`` persons and objects: no human pair (D_w) mentions one, so
+    whether a request about one is harmful is not in the preference data; it has to be composed
+    from pretraining (which class the target is in), knowledge a weak teacher may lack. Q, val and
+    test use them like any other target."""
+    n = int(cfg.get("unlabelled_targets", 0))
+    return frozenset(PERSONS[len(PERSONS) - n:] + OBJECTS[len(OBJECTS) - n:]) if n else frozenset()
+
+
 def is_heldout(key: str, fraction: float, novel: frozenset[str] = frozenset()) -> bool:
     """Whether the fact ``key`` is reserved for evaluation: a seed-free hash below ``fraction``, or
     a request with a novel verb."""
@@ -258,6 +267,7 @@ def draw_prompts(cfg: Mapping[str, Any]) -> dict[str, list[Prompt]]:
     if not any(weights.values()):
         raise UserError(f"world.task_weights: no task of axis {cfg['axis']!r} ({', '.join(AXIS_TASKS[cfg['axis']])}) has a positive weight")
     next_task = _task_sampler(weights, rng)
+    unlabelled = unlabelled_targets(cfg)
     used: set[str] = set()
     out: dict[str, list[Prompt]] = {}
     for split in SPLITS:
@@ -267,7 +277,7 @@ def draw_prompts(cfg: Mapping[str, Any]) -> dict[str, list[Prompt]]:
             task = next_task()
             for _attempt in range(2_000):  # rejection sampling keeps the splits disjoint
                 p = sample_prompt(task, rng, cfg, heldout)
-                if p.text not in used:
+                if p.text not in used and not (split == "dw" and p.meta.get("target") in unlabelled):
                     break
             else:
                 raise UserError(
