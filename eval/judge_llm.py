@@ -27,10 +27,22 @@ import re
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
-from macpo.config import JUDGE_TEMPLATES, JudgeConfig, RunConfig
+import jinja2
+import numpy as np
+
 from macpo.errors import UserError
+from macpo.eval.judge_config import JUDGE_TEMPLATES, JudgeConfig
+from macpo.eval.stats import draws, interval, matrix_stat, replicate
+from macpo.layout import RunLayout
+from macpo.store import Store
+
+if TYPE_CHECKING:  # the run layer's type: the judge is handed a resolved config, never loads one
+    from macpo.config import RunConfig
 
 OUTCOMES = ("win", "tie", "loss")
 # The templates ask for [[A]], [[B]] or [[tie]]; failing that, one single-bracketed verdict ("The
@@ -46,10 +58,6 @@ SAMPLES_SHOWN = 3
 # ---- prompts and verdicts -----------------------------------------------------------------------------
 def load_template(name: str):
     """The Jinja template ``helpful`` / ``harmless`` (ours) or a user's file; undefined variables are errors."""
-    from importlib import resources
-
-    import jinja2
-
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
     if name in JUDGE_TEMPLATES:
         source = (resources.files("macpo.eval") / "templates" / f"judge_{name}.j2").read_text()
@@ -105,8 +113,6 @@ def api_key(j: JudgeConfig) -> str:
 
 def display_url(url: str) -> str:
     """``url`` without user info or query (where some deployments carry credentials)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc,
                        parts.path, "", ""))
@@ -118,7 +124,7 @@ def _redact(text: str, key: str) -> str:
 
 def _failure(exc: Exception, j: JudgeConfig, key: str) -> UserError:
     """One line for a request the client gave up on; the server's own text only after redaction."""
-    import openai
+    import openai  # lazy: ~0.5 s to import; only a run with eval.judge set sends requests
 
     where = f"judge endpoint {display_url(j.base_url)}"
     status = getattr(exc, "status_code", None)
@@ -178,7 +184,7 @@ class Judge:
         return hashlib.sha256(json.dumps([self.cfg.base_url, self.cfg.model, self.cfg.max_tokens, content]).encode()).hexdigest()
 
     def _ask(self, content: str) -> str | None:
-        import openai
+        import openai  # lazy: ~0.5 s to import; only a run with eval.judge set sends requests
 
         if self._failed.is_set():  # a request already failed for good: queued ones are not sent
             return None
@@ -245,10 +251,6 @@ class Comparison:
 
     def summarize(self, n_boot: int = 1000, seed: int = 0) -> dict:
         """Win / tie / loss shares over the parseable prompts, each with a 95% bootstrap interval over prompts."""
-        import numpy as np
-
-        from macpo.eval.stats import draws, interval, matrix_stat, replicate
-
         kept = [o for o in self.outcomes if o in OUTCOMES]
         out = {"n": len(kept), "prompts": len(self.outcomes), "identical": self.identical,
                "unparseable": len(self.unparseable_replies), "samples": self.unparseable_replies[:SAMPLES_SHOWN]}
@@ -322,9 +324,6 @@ def cfg_seed(round_: int, opponent: str) -> int:
 
 def run_judge(cfg: RunConfig) -> list[Comparison]:
     """Judge a run's evals with ``cfg.eval.judge`` (replies cached in ``OUT/judge/cache.jsonl``)."""
-    from macpo.layout import RunLayout
-    from macpo.store import Store
-
     j = cfg.eval.judge
     if j is None:
         raise UserError("eval.judge is not set in the run config (base_url, model, api_key_env, template, ...)")
@@ -365,13 +364,9 @@ def column_names(comparisons: list[Comparison]) -> list[str]:
 
 def markdown(cfg: RunConfig, comparisons: list[Comparison]) -> str:
     """The report's judge section (``eval/templates/judge_report.md.j2``)."""
-    from importlib import resources
-
-    from jinja2 import Template
-
     source = (resources.files("macpo.eval") / "templates" / "judge_report.md.j2").read_text()
     fmt = lambda iv: iv.fmt() if iv is not None else "–"  # noqa: E731
-    return Template(source, trim_blocks=True, lstrip_blocks=True).render(
+    return jinja2.Template(source, trim_blocks=True, lstrip_blocks=True).render(
         judge=cfg.eval.judge, url=display_url(cfg.eval.judge.base_url), comparisons=comparisons, fmt=fmt,
         builtin=cfg.eval.judge.template in JUDGE_TEMPLATES, shown=_shown)
 

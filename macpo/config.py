@@ -8,7 +8,6 @@ Every field carries ``help`` metadata, as TRL's config dataclasses do.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from macpo.cliutil import check_out_apart, check_out_path
 from macpo.configfields import build, coerce, load_yaml, parse_scalar, read_config_text
 from macpo.configfields import help_field as _f
 from macpo.errors import UserError
+from macpo.eval.judge_config import JudgeConfig, check_judge
 from macpo.hashing import json_hash
-from macpo.methods import CHOSEN_RULES, METHODS, SELF_PLAY, WEAK_TO_STRONG, round0_start  # noqa: F401 (round0_start: callers import it from here)
+from macpo.methods import CHOSEN_RULES, METHODS, SELF_PLAY, WEAK_TO_STRONG
 from macpo.sampling import SamplingParams
 from macpo.store import check_name
 from macpo.trainer.train_config import JOB_FIELDS, TrainConfig, check_values
@@ -86,25 +86,6 @@ METHOD_LOSS = {method: method for method in sorted(SELF_PLAY)}
 
 def _default_train() -> dict:
     return {name: TrainConfig(loss=loss) for name, loss in STAGE_LOSS.items()}
-
-
-JUDGE_TEMPLATES = ("helpful", "harmless")
-
-
-@dataclass
-class JudgeConfig:
-    """An LLM judge behind an OpenAI-compatible endpoint (``macpo.eval.judge_llm``)."""
-
-    base_url: str = _f("", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`) or https://api.openai.com/v1")
-    model: str = _f("", "judge model name as the endpoint knows it")
-    api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (the key itself never goes in "
-                          "a config); '' for an endpoint without authentication")
-    template: str = _f("helpful", "judge prompt: helpful | harmless (eval/templates/judge_*.j2) or a Jinja file with "
-                       "`prompt`, `response_a`, `response_b`")
-    max_concurrency: int = _f(4, "requests in flight at once")
-    max_retries: int = _f(5, "retries of a request answered 429, 5xx or not at all (exponential backoff)")
-    timeout: float = _f(120.0, "seconds per request")
-    max_tokens: int = _f(16, "tokens the judge may write per verdict")
 
 
 @dataclass
@@ -319,22 +300,6 @@ def validate(cfg: RunConfig) -> None:
         if spec.revision and Path(spec.model).exists():
             # transformers loads a local folder as it is; a revision there could not be honoured.
             raise UserError(f"config {where}.revision: {spec.model} is a local folder; a revision applies to Hub ids only")
-
-
-def check_judge(j: JudgeConfig) -> None:
-    if not re.match(r"https?://[^/\s]+", j.base_url or ""):
-        raise UserError(f"config eval.judge.base_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {j.base_url!r}")
-    if not j.model:
-        raise UserError("config eval.judge.model: name the judge model (as the endpoint serves it)")
-    if j.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", j.api_key_env):
-        # Never echo it: a value that is not a variable name may be the key itself.
-        raise UserError("config eval.judge.api_key_env: must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                        "not the key itself")
-    if j.template not in JUDGE_TEMPLATES and not Path(j.template).is_file():
-        raise UserError(f"config eval.judge.template: {j.template!r} is neither one of {', '.join(JUDGE_TEMPLATES)} "
-                        "nor a Jinja file")
-    if j.max_concurrency < 1 or j.max_retries < 0 or j.timeout <= 0 or j.max_tokens < 1:
-        raise UserError("config eval.judge: max_concurrency and max_tokens must be >= 1, max_retries >= 0, timeout > 0")
 
 
 def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:

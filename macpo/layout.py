@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from macpo.config import RunConfig
 from macpo.errors import UserError
+
+if TYPE_CHECKING:  # the run layer's type: the layout reads a resolved config it is handed
+    from macpo.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,6 @@ def apply_threads(cfg: RunConfig) -> None:
     """Use the config's thread count, so a build gives bit-identical floats (and content hash)
     whether it runs inside ``macpo run`` or alone: float sums depend on the thread count."""
     if cfg.threads > 0:
-        import torch
+        import torch  # lazy: the layout is imported by light commands; only a stage that computes sets threads
 
         torch.set_num_threads(cfg.threads)

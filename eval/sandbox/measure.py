@@ -1,4 +1,4 @@
-"""Measure a sandbox world before running MACPO on it (``python -m macpo.eval.sandbox``).
+"""Measure a sandbox world before running MACPO on it (the command is ``python -m macpo.eval.sandbox``).
 
     python -m macpo.eval.sandbox [--config eval/configs/demo.yaml] [--set world.seed=1] [--split val]
 
@@ -11,9 +11,13 @@ on gold labels (the ceiling), with the performance gap recovered (PGR).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from typing import Any, Mapping
 
+from macpo.eval.sandbox import models as M
+from macpo.eval.sandbox import reward as R
+from macpo.eval.sandbox import world as W
 from macpo.eval.sandbox.models import load_model, load_tokenizer
 
 # The early-stopped naive student's SFT budget (also the study's *-early variants). Chosen on the demo
@@ -57,20 +61,14 @@ def _train(stage: Any) -> dict:
     return {"lr": stage.lr, "batch_size": stage.batch_size, "epochs": stage.epochs, "max_steps": stage.max_steps}
 
 
-def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
+def measure(world_cfg: Mapping[str, Any] | None, train: Mapping[str, Any],
             teachers: list[str] | None = None, progress: bool = True, split: str = "val") -> dict:
-    """Pretraining times, pretrained and SFT'd gold rewards, and the naive W2S PGR (see module doc)."""
-    import tempfile
+    """Pretraining times, pretrained and SFT'd gold rewards, and the naive W2S PGR (see module doc).
 
-    import torch
+    ``train``: the run config's resolved training stages (``teacher_sft`` and ``student_sft`` are used)."""
+    import torch  # lazy: the sandbox package is imported by light commands; only measuring trains
 
-    from macpo.config import _default_train
-    from macpo.eval.sandbox import models as M
-    from macpo.eval.sandbox import reward as R
-    from macpo.eval.sandbox import world as W
-
-    stages = dict(_default_train())
-    stages.update(train or {})
+    stages = dict(train)
     cfg = W.resolve(world_cfg)
     names = list(cfg["models"])
     teachers = teachers or [n for n in names if n.startswith("teacher-")]
@@ -137,41 +135,3 @@ def measure(world_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any]
     pretrain = {n: M.pretrain_info(p) for n, p in dirs.items()}
     return {"prepare_seconds": round(prep_seconds, 1), "pretrain": {n: {k: i[k] for k in ("seconds", "steps", "parameters", "threads", "final_loss")} for n, i in pretrain.items()},
             "results": results, "pgr": pgr, "timings": timings, "stages": {k: _train(v) for k, v in stages.items()}}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    from macpo import config as config_mod
-    from macpo.cliutil import make_parser, parse_kv
-
-    p = make_parser("sandbox", "Measure the sandbox: pretraining times, gold rewards, naive W2S gap (PGR).")
-    p.add_argument("--config", help="run config YAML (its `world` and `train` sections); default: the demo config")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--json", help="also write the measurements to this JSON file")
-    p.add_argument("--split", choices=["val", "test"], default="val",
-                   help="held-out prompts to score (default val: choose settings there, never on test)")
-    args = p.parse_args(argv)
-    if args.config is None:
-        from importlib import resources
-
-        args.config = str(resources.files("macpo.eval") / "configs" / "demo.yaml")
-    cfg = config_mod.load(args.config, parse_kv(args.set))
-    teachers = [t.model.split(":", 1)[1] for t in cfg.teachers[: cfg.K] if t.model.startswith("sandbox:")]
-    out = measure(cfg.world, cfg.train, teachers=teachers or None, split=args.split)
-    print(f"prepare_models: {out['prepare_seconds']} s wall")
-    for name, info in out["pretrain"].items():
-        print(f"  {name:<10} {info['parameters']:>9,} params  {info['steps']:>5} steps  {info['seconds']:>7.1f} s "
-              f"({info['threads']} threads)  final loss {info['final_loss']:.3f}")
-    print("PGR (naive W2S vs ceiling, combined): " + ", ".join(
-        f"{k}: {v:.2f}" if v is not None else f"{k}: n/a" for k, v in out["pgr"].items()))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    from macpo.cliutil import run_script
-
-    run_script("sandbox", main)

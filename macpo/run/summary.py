@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from macpo.config import RunConfig, round0_start
+from macpo.config import RunConfig
+from macpo.methods import round0_start
 from macpo.eval.sandbox.gates import render as render_gates
 
 
