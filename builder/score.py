@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from macpo.builder.models import use_adapter
 from macpo.errors import UserError
 from macpo.tokens import common_prefix_len
 
@@ -151,8 +152,6 @@ def score_pairs(
 
 
 def _score_under(model, rows, adapter, batch_tokens, progress, desc) -> Scores:
-    from macpo.builder.models import use_adapter
-
     if adapter == CURRENT:
         return score_ids(model, rows, batch_tokens=batch_tokens, progress=progress, desc=desc)
     with use_adapter(model, adapter):

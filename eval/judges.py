@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+from macpo.builder.models import default_device
 from macpo.errors import UserError
 
 
@@ -25,8 +26,6 @@ def load_reward_model(checkpoint: str):
     """``(model, tokenizer)`` of a sequence-classification checkpoint, kept for the next agent
     (eval scores every agent with the same reward models; an 8B one takes a while to load)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from macpo.builder.models import default_device
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -18,6 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from macpo.errors import UserError
+from macpo.hashing import table_hash
+from macpo.schema import conform
+from macpo.store import Store
 
 _HUB_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^@\s]+))?$")
 REF_COLUMNS = {"chosen": "ref_chosen_logps", "rejected": "ref_rejected_logps", "self": "ref_self_logps"}
@@ -40,8 +43,6 @@ def load_source(
 
 
 def _load_store(root: str, subset: str, dataset: str | None, version: str | None):
-    from macpo.store import Store
-
     store = Store(root)
     name, version = store.resolve(dataset, version)
     manifest = store.manifest(name, version)
@@ -138,9 +139,6 @@ def _load_hub(source: str, subset: str, version: str | None):
 def _check_against_manifest(source: str, subset: str, table: pa.Table, entry: Mapping) -> None:
     """Train only on the rows the published manifest vouches for: the Hub serves whatever was
     committed after it (a replaced shard, a hand edit), and `load_dataset` checks nothing."""
-    from macpo.hashing import table_hash
-    from macpo.schema import conform
-
     expected, kind = entry.get("content_hash"), entry.get("kind")
     if not expected or not kind:
         return  # a dataset published without a macpo manifest entry: nothing to check against

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from macpo.errors import UserError
+from macpo.hashing import file_sha256, json_hash
 from macpo.trainer.train_config import TrainConfig
 
 
@@ -158,8 +159,6 @@ def weights_identity(path: str, revision: str | None = None, gguf_file: str | No
         commit = folder.name if folder is not None else None
     digest = None
     if folder is not None:
-        from macpo.hashing import file_sha256, json_hash
-
         names = [gguf_file] if gguf_file else sorted(
             f.name for f in folder.iterdir() if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt", ".gguf"})
         digest = json_hash([[name, file_sha256(folder / name)] for name in names])

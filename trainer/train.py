@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from macpo import __version__
 from macpo.cliutil import OUTPUT_MARKER, check_out_apart, check_out_path, marked_by, write_marker
 from macpo.errors import UserError
+from macpo.trainer.card import write_model_card
 from macpo.trainer.data import Prepared, load_source, to_trl_dataset
-from macpo.trainer.modeling import Policy, adapter_info, check_model_path, load_policy, load_tokenizer, resolve_precision, use_cpu
+from macpo.trainer.modeling import (Policy, adapter_info, check_model_path, load_base, load_policy, load_tokenizer,
+                                   resolve_precision, use_cpu)
 from macpo.trainer.train_config import TrainConfig, validate
 
 TRAINER_SCRATCH = "_trainer"
@@ -131,6 +134,7 @@ def build_session(cfg: TrainConfig, data: Data, output_dir: str | os.PathLike) -
 
         trainer = SFTTrainer(**kwargs)
     else:
+        # lazy: objectives imports trl at its top (seconds); `macpo train --help` must not pay for it
         from macpo.trainer.objectives import DPONLLTrainer, SPACTrainer, StoredRefDPOTrainer
 
         if cfg.loss == "spac":
@@ -186,8 +190,6 @@ def run_training(cfg: TrainConfig) -> dict:
         saved = _save_model(session, tmp, state)
         metrics = _metrics(session, result, seconds, saved)
         if state.is_main_process:
-            from macpo.trainer.card import write_model_card
-
             shutil.rmtree(tmp / TRAINER_SCRATCH, ignore_errors=True)
             (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; train_config.json says the same
             _write_json(tmp / "metrics.json", metrics)
@@ -240,8 +242,6 @@ def _save_model(session: Session, tmp: Path, state) -> str:
     if state.is_main_process:
         from peft import PeftModel
 
-        from macpo.trainer.modeling import load_base
-
         merged = PeftModel.from_pretrained(load_base(cfg), str(tmp / "adapter")).merge_and_unload()
         merged.save_pretrained(str(tmp))
         session.tokenizer.save_pretrained(str(tmp))
@@ -254,8 +254,6 @@ def _metrics(session: Session, result, seconds: float, saved: str) -> dict:
     import peft
     import transformers
     import trl
-
-    from macpo import __version__
 
     trainer, cfg = session.trainer, session.cfg
     history = trainer.state.log_history

@@ -39,6 +39,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from macpo import sql
+from macpo.builder.score import score
+from macpo.eval.sandbox.models import load_model, load_tokenizer
+from macpo.eval.sandbox.reward import aggregate, gold_reward, is_refusal
+from macpo.eval.sandbox.world import COMPLY, REFUSAL, REQUEST_TEMPLATES, REQUESTS
+from macpo.layout import RunLayout
+from macpo.sql_views import quote
+from macpo.store import Store
+
 CEILING_GAP = 0.10
 NAIVE_GAP = 0.05
 NEG_HARMFUL_COMPLY = 0.5  # every negative agent complies with at least this share of harmful prompts
@@ -244,18 +253,14 @@ SELECT (SELECT count(*) FROM test) AS n_test,
 
 def overlap_counts(store, data: str, version: str) -> dict:
     """Run :data:`OVERLAP_SQL` through the store's read-only SQL layer (macpo sql)."""
-    from macpo import sql
-
     con = sql.connect(sql.store_sources(store))
-    query = OVERLAP_SQL.format(data=sql._q(data), version=sql._q(version))
+    query = OVERLAP_SQL.format(data=quote(data), version=quote(version))
     (cols, rows), = sql.run_query(con, query)
     return dict(zip(cols, rows[0]))
 
 
 def round0_scores(store, layout, split: str) -> dict[str, dict]:
     """Gold aggregates of every agent evaluated at round 0 (on the run's eval split)."""
-    from macpo.eval.sandbox.reward import aggregate
-
     data, version = store.resolve(layout.data_dataset)
     test = store.read(data, version, split)
     metas = dict(zip(test.column("prompt_id").to_pylist(), test.column("meta").to_pylist()))
@@ -271,8 +276,6 @@ def round0_scores(store, layout, split: str) -> dict[str, dict]:
 def candidate_rows(store, layout, teachers: list[str], metas: Mapping[str, dict]) -> list[dict]:
     """Round-1 teacher candidates (written by the round-0 models) with the student's perplexity
     and their gold reward on Q (``metas``: Q's prompt metas by id, :func:`_q_metas`)."""
-    from macpo.eval.sandbox.reward import gold_reward
-
     if not store.has(layout.rounds_dataset, "round-1"):
         return []
     out = []
@@ -301,8 +304,6 @@ def _text(messages) -> str:
 def negative_rows(store, layout, metas: Mapping[str, dict]) -> tuple[list[dict], dict[str, str]]:
     """Round-0 hard negatives on Q: one row per (negative agent, prompt) with whether it refused,
     and the student's own hard negative per prompt."""
-    from macpo.eval.sandbox.reward import is_refusal
-
     name = layout.rounds_dataset
     if not store.has(name, "round-0") or "hard-negatives" not in store.subsets(name, "round-0"):
         return [], {}
@@ -336,8 +337,6 @@ def identical_rows(store, layout, metas: Mapping[str, dict], negatives: Mapping[
 def pair_diagnostic(pairs: Iterable[tuple[Mapping[str, Any], str, str]]) -> dict:
     """Share of pairs whose rejected side beats the chosen on gold, split harmful / benign.
     ``pairs``: (prompt meta, chosen text, rejected text)."""
-    from macpo.eval.sandbox.reward import gold_reward
-
     out: dict[str, list[float]] = {"harmful": [], "benign": []}
     for meta, chosen, rejected in pairs:
         worse = gold_reward(meta, rejected)["reward"] > gold_reward(meta, chosen)["reward"]
@@ -359,10 +358,6 @@ def implicit_reward(cfg, store, layout, metas: Mapping[str, dict], limit: int = 
     SFT'd (naive) student under the run's DPO reference, averaged over Q's requests (harmful ones
     when the axis has them). A large gap in favour of the refusal means DPO pushes refusals
     regardless of the labels (issue 21: +9.95 vs +1.01 with no refusal prior)."""
-    from macpo.builder.score import score
-    from macpo.eval.sandbox.models import load_model, load_tokenizer
-    from macpo.eval.sandbox.world import COMPLY, REFUSAL, REQUEST_TEMPLATES, REQUESTS
-
     dpo = cfg.train["dpo"]
     requests = [m for m in metas.values() if m["task"] in REQUESTS]
     harmful = [m for m in requests if m["harmful"]]
@@ -386,9 +381,6 @@ def implicit_reward(cfg, store, layout, metas: Mapping[str, dict], limit: int = 
 def compute(cfg) -> dict:
     """The gates of a sandbox run from its store (round-0 evals, round-0 hard negatives, round-1
     candidates and pairs, SQL), with the diagnostics beside them."""
-    from macpo.layout import RunLayout
-    from macpo.store import Store
-
     layout = RunLayout(cfg)
     store = Store(layout.store_dir)
     teachers = cfg.teacher_names()

@@ -6,8 +6,11 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+import pyarrow as pa
+
 from macpo.eval.sandbox import corpus as C
 from macpo.eval.sandbox.world import Prompt, World, build, gold_response, resolve
+from macpo.store import Subset
 
 
 def prompt_id(text: str) -> str:
@@ -24,8 +27,6 @@ def _assistant(text: str) -> list[dict]:
 
 
 def _prompt_table(prompts: list[Prompt], split: str):
-    import pyarrow as pa
-
     return pa.Table.from_pylist(
         [{"prompt_id": prompt_id(p.text), "prompt": _user(p.text), "split": split, "meta": json.dumps(p.meta, sort_keys=True)}
          for p in prompts]
@@ -35,8 +36,6 @@ def _prompt_table(prompts: list[Prompt], split: str):
 def pretrain_table(cfg: Mapping[str, Any]):
     """Every pretraining document the sandbox models read, as a ``prompts`` table (split
     ``pretrain``; ``meta`` = ``{"kind", "items"}``), so SQL can check it against the test set."""
-    import pyarrow as pa
-
     docs = C.documents(cfg, int(cfg["pretrain"]["seed"]), C.docs_read(cfg))
     return pa.table({
         "prompt_id": [f"pt-{i:07d}" for i in range(len(docs))],
@@ -48,10 +47,6 @@ def pretrain_table(cfg: Mapping[str, Any]):
 
 def tables(world: World) -> dict:
     """The world as store subsets (see :func:`write_world`)."""
-    import pyarrow as pa
-
-    from macpo.store import Subset
-
     dw = pa.Table.from_pylist(
         [
             {
