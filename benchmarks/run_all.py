@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["materialize", "audit", "scoring", "generation", "generation_vllm", "build_ray", "dpo", "demo"]
+SCRIPTS = ["materialize", "audit", "scoring", "generation", "generation_vllm", "build_ray", "build_ray_model_loads", "dpo", "demo"]
 # Scripts that need vLLM run in the vLLM venv (`make vllm`) when it exists; otherwise they print "skipped".
 VLLM_PYTHON = {"generation_vllm": HERE.parent / ".venv-vllm" / "bin" / "python"}
 README = HERE / "README.md"
@@ -36,7 +36,8 @@ FIGURES = {
     "scoring": ["scoring_vs_limit", "scoring_tokens_per_s"],
     "generation": ["generation_tokens_per_s"],
     "generation_vllm": ["generation_vllm_vs_transformers", "vllm_engine_start_seconds"],
-    "build_ray": ["build_ray_speedup", "build_ray_machine_ceiling", "build_ray_startup_seconds"],
+    "build_ray": ["build_ray_speedup", "build_ray_machine_ceiling", "build_ray_time_split", "build_ray_startup_seconds"],
+    "build_ray_model_loads": ["build_ray_model_loads"],
     "dpo": ["dpo_steps_per_s", "dpo_bound", "dpo_peak_rss_lora", "dpo_peak_rss_full"],
     "demo": ["demo_wall_seconds"],
 }

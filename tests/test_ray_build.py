@@ -3,10 +3,11 @@
 A real Ray cluster (`ray start --head`, 2 CPUs, loopback only, token authentication on) is
 started by the module fixture; builds join it by address, as on a real cluster. The round is a
 tiny-model MACPO round 1 (3 agents, 24 prompts, shards of 4: 18 generation and 30 scoring shards).
-Checked: same content hash as the local build with 2 workers; after SIGKILL of a worker mid-build
+Checked: same content hash as the local build with 2 workers, under the model-affine schedule (each
+worker loading each of its models once) and under plan order; after SIGKILL of a worker mid-build
 (Ray restarts it and re-sends its shard); after SIGKILL of the driver mid-build and a rerun
 (which runs only the missing shards); and with the private Ray instance `macpo build` starts
-when no address is given.
+when no address is given. The schedule's plan and a worker's engine sharing are checked without Ray.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ if importlib.util.find_spec("ray") is None:
     pytest.skip("ray is not installed (pip install 'macpo[ray]')", allow_module_level=True)
 
 PY = sys.executable
-AGENTS = ("student", "teacher-0", "teacher-1")
 # Generation: 2 agents x 6 shards (teacher-0's round-1 candidates are its sampled weak labels);
 # scoring: the student over 72 candidates + 2 teachers x 24.
 SHARDS = 2 * 6 + 18 + 2 * 6
@@ -40,10 +40,10 @@ WORDS = "hello there how are you today what is two plus two please reverse the w
 
 # ---- a round-0 run of tiny models (also used by benchmarks/build_ray.py) -------------------------
 def make_round0(out: Path, *, prompts: int = 24, shard_size: int = 4, hidden: int = 32, layers: int = 2,
-                max_new_tokens: int = 8, seed: int = 0):
+                max_new_tokens: int = 8, seed: int = 0, teachers: int = 2):
     """A run folder ready for round 1: tiny models for every agent and negative model (trained
     stand-ins: random weights, each its own seed), the run's data, and round 0 built by the
-    builder itself. Returns the run config (executor local)."""
+    builder itself, with ``teachers`` teachers (K). Returns the run config (executor local)."""
     from tiny import save_tiny_model
 
     from macpo.builder.rounds import build
@@ -58,7 +58,8 @@ def make_round0(out: Path, *, prompts: int = 24, shard_size: int = 4, hidden: in
     # The base models live outside the run folder (a run never writes over what it reads); its
     # round-0 models start as copies of them.
     base = out.parent / f"{out.name}-base"
-    for i, agent in enumerate(a + s for a in AGENTS for s in ("", "-neg")):
+    agents = ("student", *(f"teacher-{k}" for k in range(teachers)))
+    for i, agent in enumerate(a + s for a in agents for s in ("", "-neg")):
         save_tiny_model(base / agent, hidden=hidden, layers=layers, seed=seed + i)
         shutil.copytree(base / agent, models / agent)
     rng = np.random.default_rng(seed)
@@ -67,8 +68,8 @@ def make_round0(out: Path, *, prompts: int = 24, shard_size: int = 4, hidden: in
                   "prompt": [[{"role": "user", "content": t}] for t in texts[:prompts]],
                   "split": ["train"] * prompts, "meta": [None] * prompts})
     dw = pairs_table([(t, "sure , here is a kind note", "i cannot help") for t in texts[prompts:]])
-    cfg = from_dict({"name": "rt", "out": str(out), "seed": seed, "K": 2, "T": 1,
-                     "teachers": [str(base / "teacher-0"), str(base / "teacher-1")], "student": str(base / "student"),
+    cfg = from_dict({"name": "rt", "out": str(out), "seed": seed, "K": teachers, "T": 1,
+                     "teachers": [str(base / f"teacher-{k}") for k in range(teachers)], "student": str(base / "student"),
                      "threads": 1, "shard_size": shard_size,
                      "sampling": {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": max_new_tokens, "batch_size": 8}})
     Store(out / "store", create=True).write("rt-data", "v1", {"dw": Subset("pairs", dw), "q": Subset("prompts", q)})
@@ -216,6 +217,7 @@ def test_two_ray_workers_build_the_local_round(run0, local_round1, ray_cluster, 
         pids = b.executor.worker_pids()
         result = b.build_round(1)
         served = dict(b.executor.served)
+        loads = b.executor.loads
     finally:
         b.close()
     assert result.content_hash == expected
@@ -223,11 +225,33 @@ def test_two_ray_workers_build_the_local_round(run0, local_round1, ray_cluster, 
     assert len(set(pids)) == 2 and os.getpid() not in pids
     assert set(served) == set(pids) and all(n > 0 for n in served.values())
     assert sum(served.values()) == SHARDS == b.shard_counts["run"]
+    # Model-affine: each worker loaded each of its models once, and every model of the round (2
+    # generators, 3 scorers) was loaded by some worker; plan order had each worker load nearly all 5.
+    assert set(loads) == {0, 1} and all(w.loads == len(set(w.models)) for w in loads.values()), \
+        {w: s.models for w, s in loads.items()}
+    assert len(set().union(*(w.models for w in loads.values()))) == 5
+    assert sum(w.loads for w in loads.values()) < 10
     # Same tables, row for row (the hash says so; this says where a difference would be).
     for subset in ("candidates", "student", "teacher-0"):
         a = Store(Path(local_cfg.out) / "store").read("rt", "round-1", subset)
         r = Store(Path(cfg.out) / "store").read("rt", "round-1", subset)
         assert a.equals(r), subset
+
+
+def test_plan_order_schedule_builds_the_same_round(run0, local_round1, ray_cluster, tmp_path):
+    from macpo.builder.executor import RayExecutor
+    from macpo.builder.rounds import RoundBuilder
+
+    _, expected = local_round1
+    cfg = copy_run(run0, tmp_path / "out")
+    executor = RayExecutor(address=ray_cluster, num_workers=2, threads=1, progress=False, schedule="plan")
+    try:
+        b = RoundBuilder(cfg, progress=False, executor=executor)
+        result = b.build_round(1)
+        assert sum(w.shards for w in executor.loads.values()) == SHARDS
+    finally:
+        executor.close()
+    assert result.content_hash == expected
 
 
 def test_worker_killed_mid_build_is_restarted_with_the_same_round(run0, local_round1, ray_cluster, tmp_path):
@@ -306,6 +330,14 @@ def test_private_ray_instance_from_the_command_line(run0, local_round1, tmp_path
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"content {expected}" in r.stdout and f"shards: {SHARDS} run on 2 Ray workers" in r.stdout
+    # One line per worker: its shards, model loads and engine starts; together every shard, no model twice.
+    import re
+
+    lines = re.findall(r"worker (\d) \(pid \d+\): (\d+) shards, (\d+) model loads? \((\d+) models?, [0-9.]+ s\), "
+                       r"0 engine starts", r.stdout)
+    assert sorted(w for w, *_ in lines) == ["1", "2"], r.stdout
+    assert sum(int(n) for _, n, _, _ in lines) == SHARDS
+    assert all(loads == distinct for _, _, loads, distinct in lines), r.stdout
 
 
 def test_ray_config_mistakes_are_one_line_user_errors(run0, tmp_path):
@@ -334,3 +366,63 @@ def test_joining_without_the_cluster_token_is_a_one_line_user_error(run0, ray_cl
     last = r.stderr.strip().splitlines()[-1]
     assert f"cannot join the Ray cluster at {ray_cluster}" in last and "RAY_AUTH_MODE=token" in last, last
     assert not (Path(cfg.out) / "store" / "rt" / "round-1").exists()
+
+
+# ---- the schedule, without Ray -----------------------------------------------------------------
+def test_affine_plan_balances_shards_over_few_whole_models():
+    from macpo.builder.executor import affine_plan
+
+    # This module's scoring call: the student's 18 shards and 6 per teacher, on 2 workers: 15 each,
+    # the teachers whole, only the student split (each half loaded once, by its worker).
+    assert affine_plan([("student", 18), ("teacher-0", 6), ("teacher-1", 6)], 2) == [[(1, 6), (0, 9)], [(2, 6), (0, 9)]]
+    # A model goes back to the worker that served it (an agent's generation, then its scoring).
+    assert affine_plan([("a", 4), ("b", 4)], 2, home={"a": 1, "b": 0}) == [[(1, 4)], [(0, 4)]]
+    # Fewer models than workers: every worker gets a part. More: whole models, one split.
+    assert affine_plan([("a", 7)], 3) == [[(0, 3)], [(0, 2)], [(0, 2)]]
+    assert affine_plan([("s", 8), ("t1", 8), ("t2", 8)], 2) == [[(0, 8), (2, 4)], [(1, 8), (2, 4)]]
+    for sizes, workers in (([("a", 5), ("b", 1), ("c", 9), ("d", 2)], 3), ([("a", 1)], 4)):
+        plan = affine_plan(sizes, workers)
+        counts = [sum(n for _, n in chunks) for chunks in plan]
+        assert max(counts) - min(counts) <= 1 and sum(counts) == sum(n for _, n in sizes)
+        assert all(len({g for g, _ in chunks}) == len(chunks) for chunks in plan)  # a model once per worker
+
+
+def test_a_worker_keeps_one_vllm_engine_for_adapters_on_one_base(tmp_path):
+    """vLLM works sharing an engine key (adapters of one base) follow each other on a worker without
+    an engine restart; another base closes it. The generators are the real VLLMGenerator over the
+    vLLM stand-in of test_generate (its engine reuse is vllm_backend's own)."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from test_generate import FAKE_VLLM, make_adapter
+    from tiny import save_tiny_model
+
+    from macpo.builder.executor import Work, _Holder, engine_key
+    from macpo.builder.vllm_backend import VLLMGenerator, shutdown_engine
+    from macpo.layout import ModelSource
+
+    save_tiny_model(tmp_path / "base", hidden=32, layers=1, seed=0)
+    save_tiny_model(tmp_path / "other", hidden=32, layers=1, seed=1)
+    models = {"t0": make_adapter(tmp_path / "base", tmp_path / "t0", 1), "t1": make_adapter(tmp_path / "base", tmp_path / "t1", 2),
+              "other": tmp_path / "other"}
+    vllm = SimpleNamespace(backend="vllm")
+
+    def works(shared: bool):
+        return [Work(key=name, load=partial(lambda path, progress: VLLMGenerator(path, vllm=FAKE_VLLM, progress=False), path),
+                     run=lambda gen, item, progress: gen, engine=engine_key(vllm, ModelSource(str(path))) if shared else "")
+                for name, path in models.items()]
+
+    try:
+        assert engine_key(vllm, ModelSource(str(models["t0"]))) == engine_key(vllm, ModelSource(str(models["t1"])))
+        assert engine_key(SimpleNamespace(backend="transformers"), ModelSource(str(models["t0"]))) == ""
+        for shared, starts in ((True, [True, False, True]), (False, [True, True, True])):
+            holder = _Holder(close_on_switch=True)
+            gens, infos = zip(*(holder.run(w, None) for w in works(shared)))
+            assert [i["engine_started"] for i in infos] == starts and all(i["loaded"] for i in infos)
+            # Shared: t1's generator runs on t0's engine, still open; not shared: t0's was closed first.
+            assert (gens[1]._engine is gens[0]._engine) == shared
+            assert gens[1]._lora["default"].lora_path == str(models["t1"])
+            holder.release()
+            assert gens[2]._engine.llm is None  # a Ray worker's release closes the engine
+    finally:
+        shutdown_engine()
