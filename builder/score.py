@@ -33,6 +33,9 @@ from macpo.builder.models import use_adapter
 from macpo.errors import UserError
 from macpo.tokens import common_prefix_len
 
+# Lazy, inside the functions that use them: torch. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 # LM-head chunk: about 1 MB of fp32 logits, so log_softmax reads them from cache (tiny model:
 # 1.16x -> 1.21x the one-row loop, interleaved A/B), but at least 128 rows, so a big vocabulary's head weight is
 # not re-read from memory for every few rows (SmolLM2: 21-row chunks were 10% slower, 85 equal).

@@ -20,6 +20,9 @@ from macpo.builder.engine import Messages, derive_seed, render_prompts
 from macpo.builder.models import adapter_names, load_model, resolve_adapters, use_adapter
 from macpo.sampling import SamplingParams
 
+# Lazy, inside the functions that use them: torch. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Row indices grouped into batches of similar length (longest first, so OOM shows early)."""
@@ -103,7 +106,7 @@ class TransformersGenerator:
     def generate(
         self, prompts: Sequence[Messages], params: SamplingParams, adapter: str | None = None
     ) -> list[list[str]]:
-        import torch  # lazy: importing this module (macpo build's planning, eval) must not load torch
+        import torch
 
         adapter = adapter if adapter is not None else self.default_adapter
         ids = render_prompts(self.tokenizer, prompts)

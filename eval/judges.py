@@ -13,6 +13,9 @@ import functools
 from macpo.builder.models import default_device
 from macpo.errors import UserError
 
+# Lazy, inside the functions that use them: torch and transformers. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 
 def _render(tokenizer, prompt, response: str) -> str:
     messages = [dict(m) for m in prompt] + [{"role": "assistant", "content": response}]

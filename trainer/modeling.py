@@ -28,6 +28,9 @@ from macpo.errors import UserError
 from macpo.hashing import file_sha256, json_hash
 from macpo.trainer.train_config import TrainConfig
 
+# Lazy, inside the functions that use them: torch, transformers and peft. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 
 @dataclass
 class Policy:

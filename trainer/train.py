@@ -27,6 +27,9 @@ from macpo.trainer.modeling import (Policy, adapter_info, check_model_path, load
                                    resolve_precision, use_cpu)
 from macpo.trainer.train_config import TrainConfig, validate
 
+# Lazy, inside the functions that use them: torch, transformers, trl, accelerate and peft. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 TRAINER_SCRATCH = "_trainer"
 
 

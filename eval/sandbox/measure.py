@@ -20,6 +20,9 @@ from macpo.eval.sandbox import reward as R
 from macpo.eval.sandbox import world as W
 from macpo.eval.sandbox.models import load_model, load_tokenizer
 
+# Lazy, inside the functions that use them: torch, trl and peft. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 # The early-stopped naive student's SFT budget (also the study's *-early variants). Chosen on the demo
 # world's val split among budgets shorter than the paper's 48 steps (1000 labels, batch 64, 3 epochs),
 # naive student's combined score: 8 steps 0.250 (no end of turn yet), 16 steps 0.347, 32 steps 0.383
@@ -66,7 +69,7 @@ def measure(world_cfg: Mapping[str, Any] | None, train: Mapping[str, Any],
     """Pretraining times, pretrained and SFT'd gold rewards, and the naive W2S PGR (see module doc).
 
     ``train``: the run config's resolved training stages (``teacher_sft`` and ``student_sft`` are used)."""
-    import torch  # lazy: the sandbox package is imported by light commands; only measuring trains
+    import torch
 
     stages = dict(train)
     cfg = W.resolve(world_cfg)

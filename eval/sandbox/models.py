@@ -31,6 +31,9 @@ from macpo.eval.sandbox import corpus as C
 from macpo.eval.sandbox import world as W
 from macpo.eval.sandbox.config import resolve
 
+# Lazy, inside the functions that use them: torch and transformers. torch alone takes seconds to
+# import, and planning, --help and reports import this module without running a model.
+
 PAD, EOS, UNK = "<|pad|>", "<|eos|>", "<|unk|>"
 USER, ASSISTANT = C.USER_MARK, C.ASSISTANT_MARK
 SPECIALS = [PAD, EOS, UNK]
