@@ -21,8 +21,6 @@ from macpo.configfields import help_field as _f
 from macpo.errors import UserError
 
 LOSSES = ("sft", "dpo", "dpo-nll", "spin", "spac")
-# Losses that need the policy's own sample y' (``self_response``) in every row.
-SELF_PLAY_LOSSES = ("spin", "spac")
 
 
 @dataclass
