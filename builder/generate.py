@@ -1,7 +1,7 @@
 """Generation: pick a backend for a run and describe it. The public door of the generation code.
 
-The interface (``Generator``, ``SamplingParams``, seeds, prompt rendering) is
-:mod:`macpo.builder.engine`; the backends are :mod:`macpo.builder.transformers_backend` and
+The interface (``Generator``, seeds, prompt rendering) is :mod:`macpo.builder.engine` and the
+sampling type :mod:`macpo.sampling`; the backends are :mod:`macpo.builder.transformers_backend` and
 :mod:`macpo.builder.vllm_backend`, which import the interface and never each other. Callers import
 what they need from here.
 """
