@@ -1,10 +1,12 @@
-"""The run plan is pure: check its shape for each method and ablation without running it."""
+"""The run plan is pure: check its shape for each method and ablation without running it; and the
+one executor's up-to-date rule on a hand-made plan."""
 
 import json
 from pathlib import Path
 
 from macpo import config as config_mod
-from macpo.run.plan import plan, step_keys
+from macpo.run import execute as execute_mod
+from macpo.run.plan import Step, plan, step_keys
 
 
 def _cfg(tmp_path, **over):
@@ -150,3 +152,28 @@ def test_summary_names_the_reward_it_reports(tmp_path):
     assert "student gold reward, round 0 (naive weak-to-strong): 0.500" in summarize(cfg)
     spac = config_mod.from_dict({"name": "s", "out": str(tmp_path), "method": "spac", "T": 1, "student": "s"})
     assert "round 0 (SFT on the offline pairs' chosen side): 0.500" in summarize(spac)
+
+
+def test_the_executor_reruns_a_redone_step_and_what_depends_on_it_only(tmp_path, monkeypatch):
+    """One up-to-date rule for `macpo run` and `macpo study`: recorded done with the same key, its
+    output present, and no dependency run again in this invocation."""
+    cfg = _cfg(tmp_path)
+    outputs = {name: tmp_path / name for name in "abcd"}
+    deps = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"]}
+    steps = lambda: [Step(n, ["stage", n], lambda n=n: outputs[n].exists(), deps=deps[n]) for n in "abcd"]  # noqa: E731
+    ran = []
+
+    def run_step(step, log, verbose, threads=0):
+        ran.append(step.name)
+        outputs[step.name].touch()
+
+    monkeypatch.setattr(execute_mod, "plan", lambda cfg, path: steps())
+    monkeypatch.setattr(execute_mod, "run_step", run_step)
+    execute_mod.execute(cfg, tmp_path / "run.yaml")
+    assert ran == ["a", "b", "c", "d"]
+    ran.clear()
+    execute_mod.execute(cfg, tmp_path / "run.yaml")
+    assert ran == []  # a finished run is up to date, every step of it
+    outputs["b"].unlink()
+    execute_mod.execute(cfg, tmp_path / "run.yaml")
+    assert ran == ["b", "c"]  # c was built from b; d only from a
