@@ -177,9 +177,11 @@ class _Holder:
             import gc
 
             gc.collect()
-            # What survives is long-lived (modules a first load imported lazily): frozen, later
-            # collections skip it. The model just released is gone; the next one stays collectable.
-            gc.freeze()
+            if not keep_engine:
+                # What survives is long-lived (modules a first load imported lazily): frozen, later
+                # collections skip it. The model just released is gone; the next one stays
+                # collectable. Not while an engine is kept: it must stay collectable when it closes.
+                gc.freeze()
 
 
 def _engine_of(model: Any) -> Any:
