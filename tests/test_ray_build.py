@@ -426,3 +426,40 @@ def test_a_worker_keeps_one_vllm_engine_for_adapters_on_one_base(tmp_path):
             assert gens[2]._engine.llm is None  # a Ray worker's release closes the engine
     finally:
         shutdown_engine()
+
+
+def test_a_worker_out_of_shards_takes_half_of_anothers_queue_when_that_ends_sooner():
+    from collections import deque
+
+    from macpo.builder.executor import ShardTiming, Work, _Affine, _Recorder
+
+    tasks = [(Work(key="a", load=None, run=None), i) for i in range(6)] + [(Work(key="b", load=None, run=None), 0)]
+
+    def schedule(load_seconds: float):
+        rec = _Recorder()
+        rec.calls.append(None)
+        # Shards of `a` measured at 1 s, its load at `load_seconds`.
+        rec.timeline += [ShardTiming(0, 0, "a", load_seconds if i == 0 else 0.0, 1.0, 0.0, 0, 1, 1, 0) for i in range(2)]
+        sched = _Affine(tasks, 2, {}, rec)
+        sched.queues = [deque(range(6)), deque([6])]  # worker 0: six shards of a; worker 1: one of b
+        sched.current = ["a", None]
+        return sched
+
+    # Worker 1 runs its one shard of b while worker 0 runs one of a with 6 more queued. Taking n of
+    # them ends both at once when 1 + load + n = 6 + 1 - n (in shards of 1 s): a 0.5 s load -> n = 2
+    # (from the end of worker 0's queue); a 6 s load costs more than it saves -> none.
+    sched = schedule(0.5)
+    assert sched.next(1, [1, 0]) == 6
+    assert sched.next(1, [1, 1]) == 4 and list(sched.queues[0]) == [0, 1, 2, 3] and list(sched.queues[1]) == [5]
+    sched = schedule(6.0)
+    assert sched.next(1, [1, 0]) == 6 and sched.next(1, [1, 1]) is None and len(sched.queues[0]) == 6
+    # Free when the worker holds that model already: half of what is left.
+    sched = schedule(6.0)
+    sched.queues[1].clear()
+    sched.current[1] = "a"
+    assert sched.next(1, [1, 1]) == 3 and list(sched.queues[0]) == [0, 1, 2]
+    # Never a model it served and let go in the same step (it would load it twice).
+    sched = schedule(0.5)
+    assert sched.next(1, [1, 0]) == 6
+    sched.dropped[1].add("a")
+    assert sched.next(1, [1, 1]) is None
