@@ -19,6 +19,7 @@ from macpo.cliutil import check_out_apart, check_out_path
 from macpo.configfields import build, coerce, load_yaml, parse_scalar, read_config_text
 from macpo.configfields import help_field as _f
 from macpo.errors import UserError
+from macpo.eval.sandbox.config import AXES
 from macpo.eval.judge_config import JudgeConfig, check_judge
 from macpo.hashing import json_hash
 from macpo.methods import CHOSEN_RULES, METHODS, SELF_PLAY, WEAK_TO_STRONG
@@ -305,20 +306,24 @@ def validate(cfg: RunConfig) -> None:
 def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
     """Apply dotted ``key=value`` overrides to a plain config mapping (values parsed as YAML)."""
     for key, raw in overrides.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list):
-                try:
-                    node = node[int(part)]
-                    continue
-                except (ValueError, IndexError):
-                    raise UserError(f"--set {key}: {part!r} is not an index of the list") from None
-            node = node.setdefault(part, {})
-            if not isinstance(node, (dict, list)):
-                raise UserError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = parse_scalar(raw)
+        _set_dotted(data, key, parse_scalar(raw), f"--set {key}")
     return data
+
+
+def _set_dotted(data: dict, key: str, value: Any, where: str) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+                continue
+            except (ValueError, IndexError):
+                raise UserError(f"{where}: {part!r} is not an index of the list") from None
+        node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise UserError(f"{where}: {part!r} is not a section")
+    node[parts[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -334,8 +339,33 @@ def load(path: str | Path | None, overrides: dict[str, str] | None = None, base:
     data = dict(base or {})
     if path is not None:
         data = deep_merge(data, read_yaml(path))
+    data = apply_axis_settings(data, overrides or {})
     data = apply_overrides(data, overrides or {})
     return from_dict(data)
+
+
+def apply_axis_settings(data: dict, overrides: dict[str, str]) -> dict:
+    """A config's ``axes`` section, ``{axis: {dotted.key: value}}``: the settings that differ
+    between the preference axes (chosen on each axis's val split), applied for the run's
+    ``world.axis`` (a --set of it wins over the file's) before the --set overrides. One file is
+    then the whole truth of every axis's run; the resolved config has no ``axes`` left."""
+    axes = data.pop("axes", None)
+    if axes is None:
+        return data
+    if not isinstance(axes, dict) or not all(isinstance(v, dict) for v in axes.values()):
+        raise UserError("config axes: expected a mapping of axis -> {dotted.key: value}")
+    unknown = sorted(set(axes) - set(AXES))
+    if unknown:
+        raise UserError(f"config axes: unknown axis {unknown[0]!r} (axes: {', '.join(AXES)})")
+    for name, settings in axes.items():
+        for key in settings:
+            if not isinstance(key, str) or key.split(".")[0] == "axes" or key == "world.axis":
+                raise UserError(f"config axes.{name}: {key!r} cannot be set per axis")
+    world = data.get("world") if isinstance(data.get("world"), dict) else {}
+    axis = parse_scalar(overrides["world.axis"]) if "world.axis" in overrides else world.get("axis", "helpful")
+    for key, value in (axes.get(axis) or {}).items():
+        _set_dotted(data, key, value, f"config axes.{axis}.{key}")
+    return data
 
 
 def deep_merge(a: dict, b: dict) -> dict:
