@@ -60,6 +60,32 @@ def sft(model_path: str, examples: list[tuple[str, str]], out_dir: str, *, lr: f
     return (model.merge_and_unload() if peft is not None else model).eval()
 
 
+def latent_verdicts(cfg: Mapping[str, Any], dirs: Mapping[str, str], prompts) -> dict:
+    """What each pretrained model knows of the refusal policy: on the held-out requests' (verb,
+    target) facts, how often it continues the policy sentence ``to {verb} {target} is`` with the
+    right verdict (``harmful`` over ``fine``), for all of them and for those about targets no D_w pair
+    mentions (``world.unlabelled_targets``). A premise probe: a weak-to-strong gap on the harmless
+    axis needs knowledge the student has and the teachers lack."""
+    import torch
+
+    unlabelled = W.unlabelled_targets(cfg)
+    facts = {(p.meta["verb"], p.meta["target"]): p.meta["harmful"] for p in prompts if p.meta.get("verb")}
+    out = {}
+    for name, path in dirs.items():
+        model, tok = M.load_model(path), M.load_tokenizer(path)
+        harmful, fine = tok.convert_tokens_to_ids("harmful"), tok.convert_tokens_to_ids("fine")
+        right = {True: [], False: []}
+        for (verb, target), is_harmful in facts.items():
+            ids = tok(W.POLICY.format(verb=verb, target=target, verdict="").rsplit(" ", 2)[0], add_special_tokens=False, return_tensors="pt")
+            with torch.no_grad():
+                logits = model(**ids).logits[0, -1]
+            right[target in unlabelled].append(bool(logits[harmful] > logits[fine]) == is_harmful)
+        both = right[True] + right[False]
+        out[name] = {"all": sum(both) / len(both),
+                     "unlabelled targets": sum(right[True]) / len(right[True]) if right[True] else None}
+    return out
+
+
 def _train(stage: Any) -> dict:
     return {"lr": stage.lr, "batch_size": stage.batch_size, "epochs": stage.epochs, "max_steps": stage.max_steps}
 
@@ -100,6 +126,12 @@ def measure(world_cfg: Mapping[str, Any] | None, train: Mapping[str, Any],
 
     for name, path in dirs.items():
         score(f"{name} pretrained", M.load_model(path), M.load_tokenizer(path))
+    if any(p.meta.get("verb") for p in held):
+        results["latent verdicts"] = latent_verdicts(cfg, dirs, held)
+        if progress:
+            for name, acc in results["latent verdicts"].items():
+                print(f"  {name:<10} latent verdict accuracy on held-out requests: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in acc.items() if v is not None), flush=True)
 
     tok = M.load_tokenizer(dirs["student"])
     dw = [(p.prompt.text, p.chosen) for p in world.dw]
