@@ -58,10 +58,11 @@ REASONS: dict[str, str] = {
                                 "projection: 0.623, refusals 0.08. Models of ~1M parameters need full fine-tuning",
     "train.student_neg_sft.lora_r": "as train.student_sft.lora_r (the negative agent continues the positive one)",
     "train.dpo.lora_r": "as train.student_sft.lora_r: the DPO rounds continue the full fine-tune",
-    "train.student_sft.lr": "chosen on val (helpful axis): naive student helpful 0.315 / 0.725 / 0.590 and gold ceiling "
-                            "- / 0.980 / 0.920 at 1e-4 / 3e-4 / 1e-3; on the harmless axis 3e-4 leaves naive and "
-                            "ceiling at harmless 0.77 where 1e-3 gives every model, teachers included, 0.99-1.00 (no gap "
-                            "to close). 5e-5 is the paper's rate for LoRA on a 70B model",
+    "train.student_sft.lr": "chosen on val, per axis (the demo config's axes section): helpful axis 3e-4 (naive "
+                            "student helpful 0.315 / 0.725 / 0.590 and gold ceiling - / 0.980 / 0.920 at 1e-4 / 3e-4 / "
+                            "1e-3); harmless axis 1e-3 (10 unlabelled targets: naive 0.751 / 0.825 and ceiling 0.837 / "
+                            "1.000 at 5e-4 / 1e-3; at 3e-4 both stay undertrained, 0.68-0.77). 5e-5 is the paper's rate "
+                            "for LoRA on a 70B model",
     "train.student_neg_sft.lr": "the rate of the earlier sandbox (1e-3): the negative agent must move away from the "
                                 "positive one within its one epoch",
     "train.student_sft.batch_size": "not measured: 64 halves the optimizer steps on CPU; epochs are the paper's",
