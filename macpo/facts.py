@@ -130,14 +130,9 @@ def _bytes_and_blank(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def write_facts_shard(facts: pa.Table, out: Path) -> dict:
     """Write one facts shard; return its ``{"size", "sha256"}`` (hashed from disk, as read back)."""
-    from macpo.hashing import file_sha256
+    from macpo.store import write_parquet
 
-    with open(out, "wb") as fh:
-        pq.write_table(facts, fh, compression="snappy")
-        fh.flush()
-        os.fsync(fh.fileno())
-    make_read_only(out)
-    return {"size": out.stat().st_size, "sha256": file_sha256(out)}
+    return write_parquet(facts, out)
 
 
 def write_meta(facts_dir: Path, files: dict[str, list[str]], shards: dict[str, dict]) -> None:
