@@ -71,8 +71,10 @@ REASONS: dict[str, str] = {
                     "helpful 0.575 / 0.510 / 0.475 against the naive 0.570; at 1e-3 the dpo-sanity gate failed on the "
                     "harmless axis (one DPO round on D_w raised over-refusal 0.000 -> 0.381). 1e-5 is the paper's rate "
                     "for LoRA on a 70B model",
-    "eval.greedy": "not measured: greedy decoding gives one deterministic score per model; the paper's test "
-                   "script samples at the LLaMA-Factory defaults",
+    "eval.greedy": "greedy decoding gives one deterministic score per model. Measured on val (harmless axis, seed "
+                   "0): scoring with samples at the paper's settings instead moves every score by <= 0.03 (student "
+                   "round 0 0.801 -> 0.786, round 3 0.776 -> 0.775; ceiling 0.990 -> 0.985; teachers 0.835 / 0.879 / "
+                   "0.796 -> 0.840 / 0.879 / 0.767) and changes no gate's verdict",
 }
 
 
