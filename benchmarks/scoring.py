@@ -9,8 +9,9 @@ docs/runtime-notes.md), scored under inference mode on one thread.
   Target ≥ 0.9 on both models. Tokenisation is done once, outside the timing, on both sides.
 - scoring_tokens_per_s: ours = ``score_ids``, the scorer's engine, on the same rows; baseline =
   a one-row-at-a-time HF forward loop over the same token ids (``model(input_ids).logits``,
-  log_softmax, gather), as docs/runtime-notes.md describes it. Target ≥ 1.8× on the
-  tiny model, ≥ 1.0× on SmolLM2. Tokenisation (``encode_row``, identical work for any scorer)
+  log_softmax, gather), as docs/runtime-notes.md describes it. Target ≥ 1.0× on SmolLM2;
+  none on the tiny model, whose no-padding limit is 1.36× that loop (the 1.8× once set is
+  retired; scoring_vs_limit is the tiny model's target). Tokenisation (``encode_row``, identical work for any scorer)
   is timed once and recorded beside the figure, with ``score()`` end to end.
 
 Timings are CPU time of this one-thread process (wall time is recorded too).
@@ -25,7 +26,7 @@ import common
 
 CLOCK = "cpu"  # one-thread compute: CPU time is robust to other jobs on the machine (wall kept too)
 
-TARGETS = {"vs_limit": 0.9, "tokens": {"tiny": 1.8, "smollm2": 1.0}}
+TARGETS = {"vs_limit": 0.9, "tokens": {"tiny": None, "smollm2": 1.0}}
 
 
 def make_rows(tokenizer, n_rows: int, lo: int, hi: int, seed: int = 0):
@@ -121,8 +122,8 @@ def bench_model(label: str, model, tokenizer, n_rows: int, lo: int, hi: int, arg
     target = TARGETS["tokens"][label]
     common.report(
         "scoring_tokens_per_s", ratio=ratio, ours=ours_tps, baseline=base_tps, unit="tok/s", args=args,
-        target=f">= {target} ({label})", met=ratio >= target, runs=runs, clock=CLOCK,
-        rep_ratios=common.paired(runs, lambda o, b: b / o), meets=lambda r: r >= target,
+        target=f">= {target} ({label})" if target else None, met=ratio >= target if target else None, runs=runs, clock=CLOCK,
+        rep_ratios=common.paired(runs, lambda o, b: b / o), meets=(lambda r: r >= target) if target else None,
         extra={"wall_runs": wall, "model": label, "rows": n_rows, "tokens": tokens, "max_abs_diff_nats": err,
                "score_end_to_end_tok_s": tokens / common.median(end_to_end["score"]),
                "tokenisation_share": common.median(end_to_end["encode_row"]) / common.median(end_to_end["score"])},
