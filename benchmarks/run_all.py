@@ -121,20 +121,25 @@ def _num(value, unit) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| figure | model / size | ours | baseline | ratio | target | met | git |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| figure | model / size | ours | baseline | ratio (min / median / max) | target | met | git |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("skipped"):
             lines.append(f"| `{r['figure']}` | | | | | | skipped: {r['skipped']} | {(r.get('git_sha') or '')[:7]} |")
             continue
         size = r.get("model") or (f"{r['rows']:,} rows" if r.get("rows") else "") or (f"`{r['config']}`" if r.get("config") else "")
         ratio = "—" if r.get("ratio") is None else f"{r['ratio']:.3g}"
-        if r.get("ratio_spread"):  # lowest and highest single-repetition ratio
-            ratio += f" ({r['ratio_spread'][0]:.3g}–{r['ratio_spread'][2]:.3g})"
+        if r.get("ratio_spread"):  # lowest, median and highest single-repetition ratio
+            ratio += " ({:.3g} / {:.3g} / {:.3g})".format(*r["ratio_spread"])
+        if r.get("cpu_ratio") is not None:  # materialize: what one core would give, and the cores ours had
+            ratio += f" (CPU time {r['cpu_ratio']:.2f}; ours on {r['ours_cores_used']:.2f} cores)"
         if r["figure"] == "dpo_steps_per_s":
             ratio += f" (bound {r['bound']:.3g}, {r['of_bound']:.2f} of it; Δloss ≤ {r['max_loss_diff']:.1e})"
         ours = _num(r.get("ours"), r["unit"])
         if r.get("ours_spread"):
-            ours += f" ({_num(r['ours_spread'][0], r['unit'])}–{_num(r['ours_spread'][2], r['unit'])})"
+            ours += " ({} / {} / {})".format(*(_num(v, r["unit"]) for v in r["ours_spread"]))
+        elif not r.get("ratio_spread"):  # one measurement (a single demo run, an engine start)
+            ours += " (1 run)"
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
         if r.get("noise"):
             met += " (within the spread: noise)"
@@ -155,8 +160,8 @@ def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
         f"Up to git `{(first.get('git_sha') or '')[:12]}`, {first.get('time')}; {m.get('cores')} cores, torch threads "
         f"{m.get('torch_threads')}, load average {m.get('load_avg')} (other jobs shared the machine)"
         + (f", {seconds / 60:.1f} min in all" if seconds else "") + ". "
-        f"Ratios are ratios of the medians of {_reps(rows)} interleaved repetitions (A B A B …); in brackets the lowest and "
-        f"highest ratio of a single repetition. Absolute numbers move with the machine's load.\n\n"
+        f"Ratios are ratios of the medians of {_reps(rows)} interleaved repetitions (A B A B …); in brackets the lowest, "
+        f"median and highest ratio of a single repetition. Absolute numbers move with the machine's load.\n\n"
         f"{table(rows)}\n"
     )
     README.write_text(header.rstrip() + "\n\n" + body)
