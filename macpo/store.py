@@ -46,6 +46,7 @@ MANIFEST_FORMAT = "macpo.store/2"
 # they get the path checks, and `status --verify` / `push` recompute their content hash.
 KNOWN_FORMATS = ("macpo.store/1", MANIFEST_FORMAT)
 ROWS_PER_SHARD = 500_000
+WRITER_THREADS = 2  # data shards written at once by Store.write (each holds about one column chunk in memory)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TMP_PREFIX = ".tmp-"
@@ -465,13 +466,16 @@ class Store:
             latest_hash = self.manifest(name, latest)["content_hash"] if latest else None
             # The row hashing holds the GIL (one sha256 call per row); writing Parquet, reading files
             # back for their sha256 and computing the facts (DuckDB, Arrow) release it. So the data
-            # shards are written on a second thread and the facts on a third while the rows are
-            # hashed here: on two cores the costs overlap.
-            with ThreadPoolExecutor(1) as writer, ThreadPoolExecutor(1) as indexer:
-                files = {s: writer.submit(self._write_shards, tmp, s, t) for s, (_, t) in conformed.items()}
+            # shards are written on two more threads and the facts on a fourth while the rows are
+            # hashed here: on two cores the costs overlap, and the OS can keep both cores busy.
+            with ThreadPoolExecutor(WRITER_THREADS) as writer, ThreadPoolExecutor(1) as indexer:
+                files = {}
+                for subset, (_, table) in conformed.items():
+                    (tmp / subset).mkdir()
+                    files[subset] = {rel: writer.submit(write_parquet, part, tmp / rel) for rel, part in self._shards(subset, table)}
 
-                def records() -> dict:  # {relative path: {"size", "sha256"}} of every data shard
-                    return {rel: r for future in files.values() for rel, r in future.result().items()}
+                def records() -> dict:  # {relative path: {"size", "sha256"}} of every data shard, in shard order
+                    return {rel: future.result() for shards in files.values() for rel, future in shards.items()}
 
                 # With an earlier vN that may hold the same content (write_next), the facts wait for
                 # the hash: identical content writes nothing.
@@ -479,11 +483,12 @@ class Store:
                 entries, content_hash = self._hash(conformed)
                 if indexed is None and latest_hash != content_hash:
                     self._write_facts(tmp, conformed, records)
-                for subset, future in files.items():
-                    entries[subset]["files"] = list(future.result())
+                records = records()
+                for subset, shards in files.items():
+                    entries[subset]["files"] = list(shards)
+                    fsync_dir(tmp / subset)
                 if indexed is not None:
                     indexed.result()
-                records = records()
             damaged = None
             while True:
                 if latest is not None and latest_hash == content_hash:
@@ -578,14 +583,6 @@ class Store:
             (f"{subset}/train-{i:05d}-of-{n_shards:05d}.parquet", table.slice(i * ROWS_PER_SHARD, ROWS_PER_SHARD))
             for i in range(n_shards)
         ]
-
-    @classmethod
-    def _write_shards(cls, tmp: Path, subset: str, table: pa.Table) -> dict[str, dict]:
-        """Write one subset's shards; return {relative path: {"size", "sha256"}} in shard order."""
-        (tmp / subset).mkdir()
-        files = {rel: write_parquet(part, tmp / rel) for rel, part in cls._shards(subset, table)}
-        fsync_dir(tmp / subset)
-        return files
 
     @classmethod
     def _write_facts(cls, tmp: Path, conformed: dict, records) -> None:
