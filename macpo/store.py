@@ -16,16 +16,11 @@ content hash matches and an error naming both hashes otherwise.
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import hashlib
 import json
-import mmap
 import os
 import re
 import shutil
-import stat
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,27 +29,20 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from macpo import __version__, facts
+from macpo import facts
 from macpo.errors import UserError
-from macpo.fsutil import fsync_dir, make_read_only
-from macpo.hashing import file_sha256, json_hash, table_hash
+from macpo.fsutil import WRITER_LOCK, fsync_dir, write_parquet, writer_gone
+from macpo.hashing import file_sha256, table_hash
+from macpo.manifest import (MANIFEST, check_name, dataset_hash, size_problems, utf8_name, validate_manifest,
+                            version_sort_key, write_manifest)
 from macpo.schema import conform
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "macpo.store/2"
-# macpo.store/1 manifests (written before per-file sizes and hashes existed) are still read:
-# they get the path checks, and `status --verify` / `push` recompute their content hash.
-KNOWN_FORMATS = ("macpo.store/1", MANIFEST_FORMAT)
 ROWS_PER_SHARD = 500_000
-WRITER_THREADS = 2  # data shards written at once by Store.write (each holds about one column chunk in memory)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Data shards Store.write writes at once. One: the row hashing on the main thread holds the GIL and
+# is the long pole, and every further busy thread takes CPU from it on two cores (at 1M rows, two
+# writer threads used 1.63 cores and reached 0.51x the bare write where one used 1.79 and 0.62x).
+WRITER_THREADS = 1
 TMP_PREFIX = ".tmp-"
-WRITER_LOCK = ".writer.lock"
-# A .tmp- folder without a writer lock (left by an older macpo) counts as stale after this long;
-# a live writer creates its lock right after the folder, so only microseconds are unlocked.
-UNLOCKED_TMP_GRACE_S = 600
-LOCK_GRACE_S = 60
 
 
 @dataclass(frozen=True)
@@ -76,138 +64,6 @@ class WriteResult:
     replaced_damaged: str | None = None
 
 
-def _check_name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not value or not _NAME_RE.match(value):
-        raise UserError(f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-'")
-    if len(value) > MAX_NAME_LEN:  # a folder name (plus '.tmp-' prefixes and '-evals' suffixes) within 255 bytes
-        raise UserError(f"invalid {what} {value[:20]}... ({len(value)} characters; at most {MAX_NAME_LEN})")
-    return value
-
-
-MAX_NAME_LEN = 128
-
-
-check_name = _check_name
-
-
-def version_sort_key(version: str):
-    """Natural order on every digit run: v2 < v10, round-2 < round-10, and the round-0 parts
-    (round-0-labels, round-0-teachers) right after round-0, before round-1."""
-    parts = re.split(r"(\d+)", version)  # text, digits, text, ...: types alternate the same way
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
-
-
-def dataset_hash(subsets: Mapping[str, Mapping[str, Any]]) -> str:
-    """A version's content hash: over each subset's kind and order-independent row hash."""
-    return json_hash({name: {"kind": s["kind"], "hash": s["content_hash"]} for name, s in subsets.items()})
-
-
-def _is_int(value) -> bool:
-    """A JSON integer that fits DuckDB's BIGINT (the views sum row counts as BIGINT)."""
-    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
-
-
-def _utf8_name(folder: Path, name: str) -> str:
-    """A folder name the store lists: its name reaches SQL, JSON and the terminal as text, so one
-    that is not UTF-8 (Python's surrogate escapes) is refused with one line naming its bytes."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError(f"{folder}: the folder name {os.fsencode(name)!r} is not UTF-8; rename it") from None
-    return name
-
-
-def _check_rel_path(rel, version_dir: Path, real_dir: Path) -> str:
-    """A manifest's file path: relative, plain components, resolving inside the version folder."""
-    if not isinstance(rel, str) or not rel:
-        raise ValueError(f"file path {rel!r} is not a non-empty string")
-    if "\\" in rel or "\x00" in rel or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
-        raise ValueError(f"file path {rel!r} must be relative, with '/' separators")
-    parts = rel.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"file path {rel!r} has an empty, '.' or '..' component")
-    if not (version_dir / rel).resolve().is_relative_to(real_dir):
-        raise ValueError(f"file path {rel!r} resolves outside its version folder (a symlink out)")
-    return rel
-
-
-def validate_manifest(manifest, version_dir: Path, where: str) -> dict:
-    """Check a loaded manifest's schema and paths; one-line UserError naming what is wrong.
-
-    Everything downstream (sql views, push uploads, reads) trusts the file paths, row counts
-    and kinds of a manifest that passed this check, and nothing else.
-    """
-    from macpo.schema import KINDS
-
-    def bad(reason: str):
-        raise UserError(f"{where}: invalid manifest: {reason}")
-
-    if not isinstance(manifest, dict):
-        bad("not a JSON object")
-    if manifest.get("format") not in KNOWN_FORMATS:
-        bad(f"unknown format {manifest.get('format')!r} (known: {', '.join(KNOWN_FORMATS)})")
-    if not isinstance(manifest.get("content_hash"), str):
-        bad("content_hash is not a string")
-    for key in ("parent_hash", "config_hash", "created_at", "macpo_version"):
-        if manifest.get(key) is not None and not isinstance(manifest[key], str):
-            bad(f"{key} is not a string")
-    subsets = manifest.get("subsets")
-    if not isinstance(subsets, dict) or not subsets:
-        bad("subsets is not a non-empty object")
-    real_dir = version_dir.resolve()
-    manifest_file = version_dir / MANIFEST
-    if manifest_file.is_symlink() and not manifest_file.resolve().is_relative_to(real_dir):
-        bad("manifest.json is a symlink out of its version folder")
-    listed = []
-    for subset, entry in subsets.items():
-        if not isinstance(subset, str) or not _NAME_RE.match(subset):
-            bad(f"subset name {subset!r} is not a plain name")
-        if not isinstance(entry, dict):
-            bad(f"subset {subset!r} is not an object")
-        if entry.get("kind") not in KINDS:
-            bad(f"subset {subset!r} has unknown kind {entry.get('kind')!r} (known: {', '.join(KINDS)})")
-        if not _is_int(entry.get("rows")) or entry["rows"] < 0:
-            bad(f"subset {subset!r} rows {entry.get('rows')!r} is not a non-negative integer")
-        if not isinstance(entry.get("content_hash"), str):
-            bad(f"subset {subset!r} content_hash is not a string")
-        files = entry.get("files")
-        if not isinstance(files, list) or not files:
-            bad(f"subset {subset!r} files is not a non-empty list")
-        for rel in files:
-            try:
-                listed.append(_check_rel_path(rel, version_dir, real_dir))
-            except ValueError as exc:
-                bad(f"subset {subset!r}: {exc}")
-    if len(set(listed)) != len(listed):
-        bad("a file is listed twice")
-    if manifest["format"] != "macpo.store/1":
-        records = manifest.get("files")
-        if not isinstance(records, dict) or set(records) != set(listed):
-            bad("files must list every data file of the subsets with its size and sha256")
-        for rel, rec in records.items():
-            if not isinstance(rec, dict) or not _is_int(rec.get("size")) or rec["size"] < 0 \
-                    or not isinstance(rec.get("sha256"), str) or not _SHA256_RE.match(rec["sha256"]):
-                bad(f"files[{rel!r}] needs an integer size and a hex sha256")
-    return manifest
-
-
-def size_problems(version_dir: Path, manifest: dict) -> list[str]:
-    """Missing, non-regular or resized data files of a validated manifest (one stat per file)."""
-    records = manifest.get("files") or {}
-    problems = []
-    for rel in (rel for entry in manifest["subsets"].values() for rel in entry["files"]):
-        try:
-            st = (version_dir / rel).stat()
-        except OSError:
-            problems.append(f"{rel}: missing")
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            problems.append(f"{rel}: not a regular file")
-        elif rel in records and st.st_size != records[rel]["size"]:
-            problems.append(f"{rel}: {st.st_size} bytes, the manifest says {records[rel]['size']}")
-    return problems
-
-
 class Store:
     def __init__(self, root: str | os.PathLike, create: bool = False):
         self.root = Path(root)
@@ -224,14 +80,14 @@ class Store:
 
     # ---- reading -----------------------------------------------------------------
     def datasets(self) -> list[str]:
-        return sorted(_utf8_name(self.root, p.name) for p in self.root.iterdir()
+        return sorted(utf8_name(self.root, p.name) for p in self.root.iterdir()
                       if not p.name.startswith(".") and p.is_dir() and self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
         base = self.root / name
         if not base.is_dir():
             return []
-        found = [_utf8_name(base, p.name) for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        found = [utf8_name(base, p.name) for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
         return sorted(found, key=version_sort_key)
 
     def has(self, name: str, version: str) -> bool:
@@ -399,8 +255,8 @@ class Store:
         extra: Mapping[str, Any] | None = None,
     ) -> WriteResult:
         """Atomically write one immutable version."""
-        _check_name("dataset name", name)
-        _check_name("version", version)
+        check_name("dataset name", name)
+        check_name("version", version)
         conformed = self._conform(name, version, subsets)
         if (self.path(name, version) / MANIFEST).is_file():
             return self._existing(name, version, self._hash(conformed)[1])
@@ -431,7 +287,7 @@ class Store:
             raise UserError(f"{name}/{version}: nothing to write (no subsets)")
         conformed = {}
         for subset, item in subsets.items():
-            _check_name("subset name", subset)
+            check_name("subset name", subset)
             conformed[subset] = (item.kind, conform(item.table, item.kind, f"{name}/{version}/{subset}"))
         return conformed
 
@@ -466,8 +322,8 @@ class Store:
             latest_hash = self.manifest(name, latest)["content_hash"] if latest else None
             # The row hashing holds the GIL (one sha256 call per row); writing Parquet, reading files
             # back for their sha256 and computing the facts (DuckDB, Arrow) release it. So the data
-            # shards are written on two more threads and the facts on a fourth while the rows are
-            # hashed here: on two cores the costs overlap, and the OS can keep both cores busy.
+            # shards are written on a second thread and the facts on a third while the rows are
+            # hashed here: on two cores the costs overlap.
             with ThreadPoolExecutor(WRITER_THREADS) as writer, ThreadPoolExecutor(1) as indexer:
                 files = {}
                 for subset, (_, table) in conformed.items():
@@ -501,7 +357,7 @@ class Store:
                     self._write_facts(tmp, conformed, lambda: records)
                 version = fixed_version or (f"v{int(latest[1:]) + 1}" if latest else "v1")
                 parent = meta["parent_hash"] if (fixed_version or meta.get("explicit_parent")) else latest_hash
-                self._write_manifest(tmp, name, version, content_hash, parent, entries, records, meta)
+                write_manifest(tmp, name, version, content_hash, parent, entries, records, meta)
                 final = self.path(name, version)
                 try:
                     os.rename(tmp, final)
@@ -526,40 +382,6 @@ class Store:
             lock.close()
         shutil.rmtree(self.root / ".work" / name / version, ignore_errors=True)
         return WriteResult(name, version, content_hash, created=True, replaced_damaged=damaged)
-
-    @staticmethod
-    def _write_manifest(tmp: Path, name, version, content_hash, parent_hash, entries, records, meta) -> None:
-        config, extra = meta["config"], meta["extra"] or {}
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "dataset": name,
-            "version": version,
-            "content_hash": content_hash,
-            "parent_hash": parent_hash,
-            "subsets": entries,
-            # Every data file with its size (checked on each read) and sha256 (`status --verify`, push).
-            "files": records,
-            "config_hash": json_hash(config) if config is not None else None,
-            "config": config,
-            "models": meta["models"] or {},
-            # Kept outside the content hash on purpose.
-            "macpo_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        clash = sorted(set(extra) & set(manifest))
-        if clash:  # a caller bug: `extra` must never replace the format, files or hashes
-            raise ValueError(f"extra manifest keys {clash} would replace the store's own")
-        manifest.update(extra)
-        manifest_path = tmp / MANIFEST
-        if manifest_path.exists():  # a retry under the next version number
-            manifest_path.unlink()
-        with open(manifest_path, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        make_read_only(manifest_path)
-        fsync_dir(tmp)
 
     def _existing(self, name: str, version: str, content_hash: str) -> WriteResult:
         existing = self.manifest(name, version)["content_hash"]
@@ -597,50 +419,9 @@ class Store:
         Identical content whose stored copy is damaged is written again as the next version,
         and the result's ``replaced_damaged`` says what was wrong with the old one.
         """
-        _check_name("dataset name", name)
+        check_name("dataset name", name)
         latest = self._latest_v(name)
         conformed = self._conform(name, f"v{int(latest[1:]) + 1}" if latest else "v1", subsets)
         meta = {"parent_hash": kwargs.get("parent_hash"), "config": kwargs.get("config"), "models": kwargs.get("models"),
                 "extra": kwargs.get("extra"), "explicit_parent": "parent_hash" in kwargs}
         return self._commit_or_refuse(name, conformed, meta)
-
-
-def write_parquet(table: pa.Table, path: Path) -> dict:
-    """Write ``table`` to a new snappy Parquet file at ``path``, fsynced and made read-only;
-    return its ``{"size", "sha256"}``, hashed from disk after the write: the bytes a reader sees."""
-    # An Arrow file, not a Python one: the Parquet writer makes ~1,700 writes per 500k-row shard,
-    # and through a Python file object each needs the GIL, which the row hashing on the main
-    # thread holds for milliseconds at a time: the writer thread spent most of its time waiting.
-    with pa.OSFile(str(path), "wb") as sink:
-        pq.write_table(table, sink, compression="snappy")
-        os.fsync(sink.fileno())
-    with open(path, "rb", buffering=0) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        # Mapped, the whole file is one sha256 call that runs without the GIL. Safe here, where no
-        # one else can truncate the file under the map; `status --verify` reads files in blocks.
-        with mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ) as view:
-            record = {"size": size, "sha256": hashlib.sha256(view).hexdigest()}
-    make_read_only(path)
-    return record
-
-
-def writer_gone(tmp: Path) -> bool:
-    """True when no live writer holds ``tmp``'s lock (flock dies with its process)."""
-    try:
-        fd = os.open(tmp / WRITER_LOCK, os.O_RDONLY)
-    except FileNotFoundError:
-        try:
-            return time.time() - tmp.stat().st_mtime > UNLOCKED_TMP_GRACE_S
-        except OSError:
-            return False
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # A writer creates its lock file, then locks it: in between, the lock is free. A lock file
-        # that young belongs to a live writer, never to a killed one.
-        return time.time() - os.fstat(fd).st_mtime > LOCK_GRACE_S
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
