@@ -39,8 +39,9 @@ from macpo.schema import conform
 
 ROWS_PER_SHARD = 500_000
 # Data shards Store.write writes at once. One: the row hashing on the main thread holds the GIL and
-# is the long pole, and every further busy thread takes CPU from it on two cores (at 1M rows, two
-# writer threads used 1.63 cores and reached 0.51x the bare write where one used 1.79 and 0.62x).
+# is the long pole, and every further busy thread takes CPU from it on two cores (at 1M rows, one
+# run each 15 minutes apart: two writer threads used 1.63 cores and reached 0.51x the bare write,
+# one writer 1.79 cores and 0.62x).
 WRITER_THREADS = 1
 TMP_PREFIX = ".tmp-"
 
