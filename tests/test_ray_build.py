@@ -370,7 +370,7 @@ def test_joining_without_the_cluster_token_is_a_one_line_user_error(run0, ray_cl
 
 # ---- the schedule, without Ray -----------------------------------------------------------------
 def test_affine_plan_balances_shards_over_few_whole_models():
-    from macpo.builder.executor import affine_plan
+    from macpo.builder.executor_schedule import affine_plan
 
     # This module's scoring call: the student's 18 shards and 6 per teacher, on 2 workers: 15 each,
     # the teachers whole, only the student split (each half loaded once, by its worker).
@@ -397,7 +397,8 @@ def test_a_worker_keeps_one_vllm_engine_for_adapters_on_one_base(tmp_path):
     from test_generate import FAKE_VLLM, make_adapter
     from tiny import save_tiny_model
 
-    from macpo.builder.executor import Work, _Holder, engine_key
+    from macpo.builder.executor import engine_key
+    from macpo.builder.executor_work import Holder, Work
     from macpo.builder.vllm_backend import VLLMGenerator, shutdown_engine
     from macpo.layout import ModelSource
 
@@ -416,7 +417,7 @@ def test_a_worker_keeps_one_vllm_engine_for_adapters_on_one_base(tmp_path):
         assert engine_key(vllm, ModelSource(str(models["t0"]))) == engine_key(vllm, ModelSource(str(models["t1"])))
         assert engine_key(SimpleNamespace(backend="transformers"), ModelSource(str(models["t0"]))) == ""
         for shared, starts in ((True, [True, False, True]), (False, [True, True, True])):
-            holder = _Holder(close_on_switch=True)
+            holder = Holder(close_on_switch=True)
             gens, infos = zip(*(holder.run(w, None) for w in works(shared)))
             assert [i["engine_started"] for i in infos] == starts and all(i["loaded"] for i in infos)
             # Shared: t1's generator runs on t0's engine, still open; not shared: t0's was closed first.
@@ -434,16 +435,18 @@ def test_a_worker_keeps_one_vllm_engine_for_adapters_on_one_base(tmp_path):
 def test_a_worker_out_of_shards_takes_half_of_anothers_queue_when_that_ends_sooner():
     from collections import deque
 
-    from macpo.builder.executor import ShardTiming, Work, _Affine, _Recorder
+    from macpo.builder.executor_records import Recorder, ShardTiming
+    from macpo.builder.executor_schedule import Affine
+    from macpo.builder.executor_work import Work
 
     tasks = [(Work(key="a", load=None, run=None), i) for i in range(6)] + [(Work(key="b", load=None, run=None), 0)]
 
     def schedule(load_seconds: float):
-        rec = _Recorder()
+        rec = Recorder()
         rec.calls.append(None)
         # Shards of `a` measured at 1 s, its load at `load_seconds`.
         rec.timeline += [ShardTiming(0, 0, "a", load_seconds if i == 0 else 0.0, 1.0, 0.0, 0, 1, 1, 0) for i in range(2)]
-        sched = _Affine(tasks, 2, {}, rec)
+        sched = Affine(tasks, 2, {}, rec)
         sched.queues = [deque(range(6)), deque([6])]  # worker 0: six shards of a; worker 1: one of b
         sched.current = ["a", None]
         return sched
