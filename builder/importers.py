@@ -54,7 +54,8 @@ from macpo.builder.import_formats import AXES, FORMATS, HUMAN_LABELLED, PARSERS,
 from macpo.builder.import_sources import MAX_BYTES, MAX_LINE_BYTES, HubOptions, is_hub_ref, iter_records
 from macpo.cliutil import make_parser, run_script
 from macpo.errors import UserError
-from macpo.store import Store, Subset, check_name
+from macpo.manifest import check_name
+from macpo.store import Store, Subset
 
 
 # ---- the import itself ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ the manifest and the content hash, and are not published to the Hub.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -40,7 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from macpo.fsutil import fsync_dir, make_read_only
+from macpo.fsutil import WRITER_LOCK, fsync_dir, make_read_only, write_parquet, writer_gone
+from macpo.hashing import file_sha256
 from macpo.schema import KINDS, MESSAGES
 
 FACTS_DIR = ".facts"
@@ -130,8 +132,6 @@ def _bytes_and_blank(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def write_facts_shard(facts: pa.Table, out: Path) -> dict:
     """Write one facts shard; return its ``{"size", "sha256"}`` (hashed from disk, as read back)."""
-    from macpo.store import write_parquet
-
     return write_parquet(facts, out)
 
 
@@ -216,8 +216,6 @@ def check_facts(version_dir: Path, manifest: dict, hash_files: bool = True) -> t
             if not (facts_rows == data_rows == info.get("rows")):
                 return None, f"{where}: {facts_rows} rows for {data_rows} data rows ({FACTS_META} says {info.get('rows')!r})"
             if hash_files:
-                from macpo.hashing import file_sha256
-
                 actual = file_sha256(facts_file)
                 if actual != info.get("sha256"):
                     return None, f"{where}: sha256 {actual[:16]}…, {FACTS_META} says {str(info.get('sha256'))[:16]}…"
@@ -275,8 +273,6 @@ def remove_stale_tmp(version_dir: Path) -> None:
 def stale_tmp(version_dir: Path) -> list[Path]:
     """``.facts-tmp-*`` folders whose audit is gone (no live lock), and ``.facts-stale-*`` ones
     (old facts a replacing audit was removing when it died)."""
-    from macpo.store import writer_gone
-
     found = []
     try:
         entries = sorted(version_dir.iterdir())
@@ -330,10 +326,6 @@ def ensure_facts(version_dir: Path, manifest: dict, progress=None, force: bool =
     folder that ``status`` reports and the next audit removes. Returns True when facts were
     written.
     """
-    import fcntl
-
-    from macpo.store import WRITER_LOCK
-
     remove_stale_tmp(version_dir)
     if not force and check_facts(version_dir, manifest)[0] is not None:
         return False

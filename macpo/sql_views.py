@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from macpo.errors import UserError
 from macpo.facts import fact_expressions, fact_files, fact_select_list, scalar_columns
+from macpo.manifest import size_problems, validate_manifest
 from macpo.schema import KINDS, MESSAGES
-from macpo.store import size_problems, validate_manifest
 
 
 @dataclass
