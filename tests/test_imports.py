@@ -14,11 +14,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("macpo", "builder", "trainer", "eval", "data_cards")
-# (file, module) pairs not placed yet: builder/executor.py was being reworked (Ray scheduling) in the
-# same change as this check (issue 24). Its Ray actor imports generate and score while it starts (on
-# the worker, on purpose); engine_key's models import can move to the top. Remove each when placed.
-NOT_PLACED_YET = {("builder/executor.py", "macpo.builder.generate"), ("builder/executor.py", "macpo.builder.score"),
-                  ("builder/executor.py", "macpo.builder.models")}
 
 
 def _project_modules(node: ast.AST) -> list[str]:
@@ -58,8 +53,7 @@ def unexplained_lazy_imports(text: str) -> list[tuple[int, str]]:
 def test_no_project_module_is_imported_inside_a_function_without_a_reason():
     offenders = [f"{path.relative_to(REPO)}:{line}: {module}"
                  for folder in PACKAGE_FOLDERS for path in sorted((REPO / folder).rglob("*.py"))
-                 for line, module in unexplained_lazy_imports(path.read_text())
-                 if (str(path.relative_to(REPO)), module) not in NOT_PLACED_YET]
+                 for line, module in unexplained_lazy_imports(path.read_text())]
     assert not offenders, "macpo modules imported inside functions (move them to the top):\n" + "\n".join(offenders)
 
 
