@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from macpo.configfields import help_field as _f
 from macpo.errors import UserError
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
-
 
 
 @dataclass(frozen=True)
