@@ -225,6 +225,9 @@ def test_measure_reports_times_rewards_and_pgr(tmp_path, monkeypatch):
     assert set(out["results"]) == expected
     assert all(0.0 <= r["combined"] <= 1.0 for r in out["results"].values())
     assert set(out["pgr"]) == {"early (32 steps)", "config"}
+    # The premise probe: each pretrained model's verdict on the held-out requests' facts.
+    assert set(out["latent_verdicts"]) == {"teacher-0", "student"}
+    assert all(0.0 <= acc["all"] <= 1.0 for acc in out["latent_verdicts"].values())
 
 
 def test_demo_config_world_is_the_default_world():

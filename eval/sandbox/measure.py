@@ -126,12 +126,11 @@ def measure(world_cfg: Mapping[str, Any] | None, train: Mapping[str, Any],
 
     for name, path in dirs.items():
         score(f"{name} pretrained", M.load_model(path), M.load_tokenizer(path))
-    if any(p.meta.get("verb") for p in held):
-        results["latent verdicts"] = latent_verdicts(cfg, dirs, held)
-        if progress:
-            for name, acc in results["latent verdicts"].items():
-                print(f"  {name:<10} latent verdict accuracy on held-out requests: " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in acc.items() if v is not None), flush=True)
+    latent = latent_verdicts(cfg, dirs, held) if any(p.meta.get("verb") for p in held) else {}
+    if progress:
+        for name, acc in latent.items():
+            print(f"  {name:<10} latent verdict accuracy on held-out requests: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in acc.items() if v is not None), flush=True)
 
     tok = M.load_tokenizer(dirs["student"])
     dw = [(p.prompt.text, p.chosen) for p in world.dw]
@@ -168,5 +167,5 @@ def measure(world_cfg: Mapping[str, Any] | None, train: Mapping[str, Any],
         naive, ceil = results[f"student naive W2S, {budget}"]["combined"], results[f"student ceiling (gold), {budget}"]["combined"]
         pgr[budget] = (naive - weak_c) / (ceil - weak_c) if abs(ceil - weak_c) > 1e-9 else None
     pretrain = {n: M.pretrain_info(p) for n, p in dirs.items()}
-    return {"prepare_seconds": round(prep_seconds, 1), "pretrain": {n: {k: i[k] for k in ("seconds", "steps", "parameters", "threads", "final_loss")} for n, i in pretrain.items()},
+    return {"prepare_seconds": round(prep_seconds, 1), "latent_verdicts": latent, "pretrain": {n: {k: i[k] for k in ("seconds", "steps", "parameters", "threads", "final_loss")} for n, i in pretrain.items()},
             "results": results, "pgr": pgr, "timings": timings, "stages": {k: _train(v) for k, v in stages.items()}}
