@@ -1,22 +1,8 @@
 """``macpo study CONFIG --seeds N [--variants ...] --out DIR``: the paper's comparison, with seeds.
 
 Every (variant, seed) is an ordinary run (``DIR/runs/<variant>/seed-<s>``, each with its own
-report). Steps whose inputs are identical across runs run once: a shared, content-addressed step
-cache (``DIR/step-cache/<key>``) holds each finished step's outputs (store versions, model
-folders), keyed by
-
-- the step's command with the run's own folder replaced by a placeholder (a trainer job's
-  command is its whole TrainConfig, so it says everything the trainer reads);
-- for steps that read the run config (``--config``), the config without ``out`` and ``T`` and, for
-  round-0 steps, without the fields only rounds >= 1 read (``ROUND_ONLY``);
-- the *content* hashes of its dependencies' outputs (store content hashes, model file hashes),
-  not their keys: two variants whose round-0 builds differ in config but not in output share
-  everything downstream.
-
-A hit copies (hard-links) the outputs into the run; a miss runs the step and files its
-outputs. A step that declares no outputs is never shared. Restored store versions keep the
-manifest of the run that produced them (its config and model paths): the data is identical,
-the provenance names the first producer.
+report). Steps whose inputs are identical across runs run once, through the shared step cache
+``DIR/step-cache/<key>`` (:mod:`macpo.run.cache` says how a step is keyed and restored).
 
 Then ``study.md`` (one line per variant: the final student's gold scores, mean over seeds with
 a bootstrap 95% interval over seeds and test prompts, PGR, and the paired difference against
