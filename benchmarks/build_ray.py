@@ -6,12 +6,14 @@ of tests/tiny.py, every shard missing), alternately, and must produce the same c
 Ray side uses 2 workers that are already up: Ray's start-up cost (``ray.init`` of a private
 instance + 2 worker processes importing torch) is paid once per build command and is reported
 on its own line, ``build_ray_startup_seconds``; model loading is inside both sides' timings.
-Wall clock: parallelism is what is measured. Target >= 1.6x on 2 cores.
+Wall clock: parallelism is what is measured.
 
 The machine's own ceiling is measured beside it, in the same reps: one fixed pure-Python loop in
 1 process, against two copies of it in 2 processes at once (``build_ray_machine_ceiling`` = 2 x
 one / both). On a shared VM whose 2 vCPUs are contended by other tenants that ceiling moves
-between ~1 and ~2 from minute to minute, and no 2-worker build can beat it.
+between ~1 and ~2 from minute to minute, and no 2-worker build can beat it. So the target is on
+``build_ray_of_ceiling`` = speedup / ceiling (ratio of the medians; each rep's speedup over the same
+rep's ceiling in brackets): >= 0.95. A fixed speedup target (1.6x) measured the tenants, not Ray.
 
 ``build_ray_time_split`` names where a Ray build's time goes, from the executors' per-shard
 records: both sides' wall split into driver-only time (outside the executor: reading inputs,
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import common
 
-TARGET = 1.6
+TARGET_OF_CEILING = 0.95
 # prompts, shard size, new tokens, model width (2 layers): enough work per shard that Ray's
 # per-shard and per-model costs are a small part of a build.
 SIZES = {
@@ -179,8 +181,7 @@ def main(argv=None) -> int:
         shards = f"{prompts} prompts, shards of {shard_size}, {new_tokens} new tokens, width {hidden}"
         common.report(
             "build_ray_speedup", ratio=ratio, ours=ours, baseline=base, unit="s", args=args,
-            target=f">= {TARGET} (2 Ray workers x 1 thread vs local 1 thread)", met=ratio >= TARGET, runs=runs,
-            rep_ratios=common.paired(runs, lambda a, b: b / a, ours="ray_2_workers"), meets=lambda v: v >= TARGET,
+            runs=runs, rep_ratios=common.paired(runs, lambda a, b: b / a, ours="ray_2_workers"),
             extra={"schedule": args.schedule, "prompts": prompts, "shard_size": shard_size, "new_tokens": new_tokens, "hidden": hidden, "content_hash": hashes["ray_2_workers"].pop(),
                    "shards_per_worker": sorted(served.values()), "startup_seconds": t_ready},
             size=shards,
@@ -190,6 +191,16 @@ def main(argv=None) -> int:
             "build_ray_machine_ceiling", ratio=2 * one / both, ours=both, baseline=2 * one, unit="s", args=args,
             rep_ratios=[2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])],
             size="2 copies of a pure-Python loop in 2 processes at once vs 1 copy in 1 process, x2; in the same reps",
+        )
+        ceiling = 2 * one / both
+        rep_speedups = common.paired(runs, lambda a, b: b / a, ours="ray_2_workers")
+        rep_ceilings = [2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])]
+        common.report(
+            "build_ray_of_ceiling", ratio=ratio / ceiling, ours=ratio, baseline=ceiling, unit="x", args=args,
+            target=f">= {TARGET_OF_CEILING} (build_ray_speedup / build_ray_machine_ceiling, same reps)",
+            met=ratio / ceiling >= TARGET_OF_CEILING,
+            rep_ratios=[s / c for s, c in zip(rep_speedups, rep_ceilings)], meets=lambda v: v >= TARGET_OF_CEILING,
+            size="speedup of 2 Ray workers over the machine's own 2-process ceiling",
         )
         # The warm-up build is not a rep: keep the last reps' splits, paired with the ceiling of the same rep.
         reps = len(runs["cpu_1_process"])

@@ -36,7 +36,7 @@ FIGURES = {
     "scoring": ["scoring_vs_limit", "scoring_tokens_per_s"],
     "generation": ["generation_tokens_per_s"],
     "generation_vllm": ["generation_vllm_vs_transformers", "vllm_engine_start_seconds"],
-    "build_ray": ["build_ray_speedup", "build_ray_machine_ceiling", "build_ray_time_split", "build_ray_startup_seconds"],
+    "build_ray": ["build_ray_speedup", "build_ray_machine_ceiling", "build_ray_of_ceiling", "build_ray_time_split", "build_ray_startup_seconds"],
     "build_ray_model_loads": ["build_ray_model_loads"],
     "dpo": ["dpo_steps_per_s", "dpo_bound", "dpo_peak_rss_lora", "dpo_peak_rss_full"],
     "demo": ["demo_wall_seconds"],
