@@ -45,3 +45,14 @@ def test_bad_axes_sections_are_one_line(tmp_path, axes, message):
     p = subprocess.run([sys.executable, "-m", "macpo.cli", "run", _config(tmp_path, axes), "--print-config"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and message.split("'")[0] in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_study_applies_the_axis_settings_of_each_axis(tmp_path):
+    """`macpo study demo.yaml --axes ...` planned its runs from the raw file and refused `axes`."""
+    from macpo.run.study import runner
+
+    path = _config(tmp_path, {"harmless": {"world.unlabelled_targets": 7}})
+    helpful = runner.plan_runs(path, {"world.axis": "helpful"}, ["naive-w2s"], [0], tmp_path / "h")
+    harmless = runner.plan_runs(path, {"world.axis": "harmless"}, ["naive-w2s", "macpo"], [0], tmp_path / "x")
+    assert "unlabelled_targets" not in helpful[0][2]["world"]
+    assert all(data["world"]["unlabelled_targets"] == 7 and "axes" not in data for _, _, data in harmless)

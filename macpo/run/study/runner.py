@@ -30,7 +30,8 @@ def plan_runs(config: str, overrides: dict[str, str], variants: list[str], seeds
     are drawn) and its pretraining seed (the pretrained models), so the study's intervals include
     world variance; without it, every seed runs on the config's one world."""
     p = Path(config)
-    base = config_mod.apply_overrides(config_mod.read_yaml(p), overrides)
+    # The config's per-axis settings first, for the axis this study runs (--axes sets world.axis).
+    base = config_mod.apply_overrides(config_mod.apply_axis_settings(config_mod.read_yaml(p), overrides), overrides)
     models = [str(base.get("student") or ""), *map(str, base.get("teachers") or [])]
     if not base.get("world") and not any("sandbox:" in m for m in models):
         # The study's intervals and differences are over per-prompt gold scores.
