@@ -130,7 +130,8 @@ def _count(name: str, value) -> int:
 MAX_AUDIT_ROWS = 10_000  # lines of one audit: one per dataset version, plus the store
 
 
-def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, memory_limit=None, threads=None) -> list[AuditResult]:
+def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, memory_limit=None, threads=None,
+               max_spill=None) -> list[AuditResult]:
     """Run audits over ``store`` (a Store), optionally restricted to one dataset/version."""
     dirs = list(extra_dirs or [])
     if (store.root / ".audits").is_dir():
@@ -144,7 +145,7 @@ def run_audits(store, dataset=None, version=None, names=None, extra_dirs=None, m
         store.resolve(dataset, version)
     sources = store_sources(store, dataset, version)
     index_missing_facts(sources)
-    con = connect(sources, memory_limit=memory_limit, threads=threads)
+    con = connect(sources, memory_limit=memory_limit, threads=threads, max_spill=max_spill)
     results = []
     try:  # closed on the way out, Ctrl-C included: no DuckDB work left running at exit
         for name in selected:

@@ -17,8 +17,8 @@ Read-only is enforced by DuckDB itself, not by keyword matching:
 - the committed files themselves are read-only on disk (macpo/store.py).
 
 Results stream in batches; ``--max-rows`` and ``--timeout`` bound a query at the terminal,
-``--memory-limit`` (default a quarter of RAM) and ``--threads`` bound DuckDB, and Ctrl-C
-stops a running query (exit 130). Data files are read by exact path: a folder named ``h?``
+``--memory-limit`` (default a quarter of RAM), ``--threads`` and ``--max-spill`` (default a
+quarter of the free temp space) bound DuckDB, and Ctrl-C stops a running query (exit 130). Data files are read by exact path: a folder named ``h?``
 never reads ``hx``.
 
 Output: ``--format table`` escapes control characters (ESC shows as ``\\x1b``, a newline as
@@ -49,7 +49,8 @@ from pathlib import Path
 from macpo.cliutil import make_parser, run_script
 from macpo.errors import UserError
 from macpo.hub import snapshot
-from macpo.sql_limits import add_resource_flags, default_memory_limit, duckdb_memory_limit, resource_args, usable_cpus
+from macpo.sql_limits import (add_resource_flags, default_max_spill, default_memory_limit, duckdb_memory_limit,
+                               resource_args, usable_cpus)
 from macpo.sql_views import VersionSource, create_views, duck_error, escape_text, quote, snapshot_sources, store_sources
 from macpo.store import Store
 
@@ -120,19 +121,21 @@ def _lock_down(con, files: list[str], temp_dir: Path) -> None:
 
 
 def connect(sources: list[VersionSource], allowed_dirs: list[Path] | None = None,
-            memory_limit: int | None = None, threads: int | None = None):
+            memory_limit: int | None = None, threads: int | None = None, max_spill: int | None = None):
     """A sandboxed, read-only DuckDB connection with the views over ``sources``.
 
     The connection can open the data (and facts) files of ``sources`` and nothing else;
     ``allowed_dirs`` is accepted for compatibility and ignored: whole folders are too wide,
     since a folder that can be read can also be written (``COPY ... TO``). ``memory_limit``
     (bytes; default :func:`default_memory_limit`) bounds the whole process, ``threads``
-    (default: the usable CPUs) DuckDB's workers; both are locked with the sandbox.
+    (default: the usable CPUs) DuckDB's workers, ``max_spill`` (bytes; default
+    :func:`default_max_spill`) its spill files; all are locked with the sandbox.
     """
     import duckdb  # lazy: `macpo status` and every --help load this module; duckdb takes ~90 ms
 
     con = duckdb.connect(config={"threads": threads or usable_cpus(),
-                                 "memory_limit": f"{duckdb_memory_limit(memory_limit or default_memory_limit())}B"})
+                                 "memory_limit": f"{duckdb_memory_limit(memory_limit or default_memory_limit())}B",
+                                 "max_temp_directory_size": f"{max_spill or default_max_spill()}B"})
     opened = create_views(con, sources)
     _lock_down(con, sorted(set(opened)), _private_temp_dir())
     return con
@@ -245,7 +248,7 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
             if what == "error":
                 worker.join()
                 if isinstance(payload, duckdb.Error):
-                    raise UserError(f"query failed: {duck_error(payload)}") from None
+                    raise UserError(f"query failed: {_query_error(payload)}") from None
                 raise payload
             if what == "done":
                 worker.join()  # it has nothing left to do; no interrupt that could hit a later query
@@ -266,15 +269,24 @@ def stream_query(con, query: str, max_rows: int = 0, timeout: float | None = Non
                 continue
 
 
+def _query_error(exc) -> str:
+    """DuckDB's error as one line; a full spill folder in the flags' terms (DuckDB's own text
+    suggests a SET, which the locked sandbox refuses)."""
+    if "max_temp_directory_size" in str(exc):
+        return ("the query needs more spill space on disk than --max-spill allows (beyond --memory-limit in memory); "
+                "raise either, or narrow the query")
+    return duck_error(exc)
+
+
 def open_store(store_dir: str, hub: list[str] | None = None, dataset: str | None = None, version: str | None = None,
-               memory_limit: int | None = None, threads: int | None = None):
+               memory_limit: int | None = None, threads: int | None = None, max_spill: int | None = None):
     store = Store(store_dir)
     sources = store_sources(store, dataset, version)
     for ref in hub or []:
         folder, _sha = snapshot(ref)
         name = ref.partition("@")[0].replace("/", "--")
         sources += snapshot_sources(Path(folder), name)
-    return connect(sources, memory_limit=memory_limit, threads=threads)
+    return connect(sources, memory_limit=memory_limit, threads=threads, max_spill=max_spill)
 
 
 def _cell(v):

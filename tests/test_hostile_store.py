@@ -543,3 +543,14 @@ def test_read_only_file_system_on_import_and_audit(tmpfs, tmp_path):
                    "Read-only file system")
     one_line_error(run("import", _jsonl(tmp_path), "--format", "trl", "--store", tmpfs / "new", "--name", "prefs"),
                    "Read-only file system")
+
+
+def test_spilling_is_bounded_by_max_spill(store):
+    # A sort of 60M rows does not fit DuckDB's share of 1 GB: it spills, and 1 MB of spill is too little.
+    q = "SELECT x FROM (SELECT * FROM range(60000000) t(x) ORDER BY random()) OFFSET 59999999"
+    p = run("sql", "--store", store.root, q, "--memory-limit", "1GB", "--threads", "1", "--max-spill", "1MB")
+    one_line_error(p, "more spill space on disk than --max-spill")
+    p = run("sql", "--store", store.root, "SELECT current_setting('max_temp_directory_size') AS s", "--format", "json",
+            "--max-spill", "3GB")
+    assert p.returncode == 0 and json.loads(p.stdout)[0]["s"].startswith("2.7 GiB"), p.stdout
+    one_line_error(run("sql", "--store", store.root, "SELECT 1", "--max-spill", "lots"), "of the free space")
