@@ -177,3 +177,28 @@ def test_the_executor_reruns_a_redone_step_and_what_depends_on_it_only(tmp_path,
     outputs["b"].unlink()
     execute_mod.execute(cfg, tmp_path / "run.yaml")
     assert ran == ["b", "c"]  # c was built from b; d only from a
+
+
+def test_a_step_run_again_starts_from_no_outputs(tmp_path, monkeypatch):
+    """A finished run whose eval settings change re-evaluates: the step's old store version (which
+    never changes in place) is removed before the step writes the new one, instead of refusing."""
+    cfg = _cfg(tmp_path)
+    version = tmp_path / "store" / "x-evals" / "round-0"
+    split = ["test"]
+    seen = []
+
+    def steps():
+        return [Step("eval round-0", ["stage", "eval", split[0]], lambda: (version / "manifest.json").is_file(),
+                     outputs=[version])]
+
+    def run_step(step, log, verbose, threads=0):
+        seen.append(version.exists())
+        version.mkdir(parents=True)
+        (version / "manifest.json").write_text(step.argv[-1])
+
+    monkeypatch.setattr(execute_mod, "plan", lambda cfg, path: steps())
+    monkeypatch.setattr(execute_mod, "run_step", run_step)
+    execute_mod.execute(cfg, tmp_path / "run.yaml")
+    split[0] = "val"
+    execute_mod.execute(cfg, tmp_path / "run.yaml")
+    assert seen == [False, False] and (version / "manifest.json").read_text() == "val"

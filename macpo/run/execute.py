@@ -140,7 +140,10 @@ def execute(cfg: RunConfig, config_path: Path, *, verbose: bool = False, shared:
 def _restore_or_run(step: Step, key: str | None, shared: SharedSteps | None, layout: RunLayout, run_out: Path,
                     outputs: list[Path], verbose: bool, threads: int) -> tuple[str, float]:
     """(status line, seconds) of a step that is not up to date."""
-    for path in step.clears:
+    # A step runs again when its inputs changed (its key): what it wrote last time is stale. Store
+    # versions included: they never change in place, so a changed eval setting of a finished run
+    # would otherwise meet its old evals version and be refused. Every output is in the run's folder.
+    for path in dict.fromkeys([*step.clears, *outputs]):
         shutil.rmtree(path, ignore_errors=True)
     if shared is not None and outputs and shared.cache.has(key):
         shared.cache.restore(key, run_out, outputs)

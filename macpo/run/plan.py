@@ -36,7 +36,7 @@ class Step:
     argv: list[str]
     done: Callable[[], bool]
     deps: list[str] = field(default_factory=list)
-    # Outputs to delete before re-running (models are folders, not immutable store versions).
+    # Folders to delete before re-running besides ``outputs`` (which always are).
     clears: list[Path] = field(default_factory=list)
     config_sections: tuple[str, ...] = ()
     # What the step writes (store version folders, model folders): a shared step cache shares a
