@@ -220,6 +220,7 @@ def main(argv=None) -> int:
                 + f" (medians of {reps} reps; schedule {args.schedule})")
         common.report(
             "build_ray_time_split", ratio=None, ours=r["wall"], baseline=lo["wall"], unit="s", args=args,
+            rep_values=[x["wall"] for x in ray_s],
             extra={"schedule": args.schedule, "ray": ray_s, "local": loc_s, "ceilings": ceilings, "lost": lost,
                    "median_lost": med_lost, "worker_loads": loads},
             size=line,

@@ -150,16 +150,18 @@ def table(rows: list[dict]) -> str:
 
 
 def write_readme(rows: list[dict], mode: str, seconds: float | None) -> None:
-    first = rows[-1]
-    m = first.get("machine", {})
+    # Rows of several runs may be mixed (a full run, then a rerun of some scripts): say which.
+    newest = max(rows, key=lambda r: r.get("time") or "")
+    oldest = min(rows, key=lambda r: r.get("time") or "")
+    m = newest.get("machine", {})
     # Everything above the marker is hand-written (scripts, method, analysis) and kept as it is.
     header = README.read_text().split("<!-- results -->")[0] if README.is_file() else ""
     header = header or "# Benchmarks\n\n"
     body = (
         f"<!-- results -->\n## Latest results ({mode} run)\n\n"
-        f"Up to git `{(first.get('git_sha') or '')[:12]}`, {first.get('time')}; {m.get('cores')} cores, torch threads "
-        f"{m.get('torch_threads')}, load average {m.get('load_avg')} (other jobs shared the machine)"
-        + (f", {seconds / 60:.1f} min in all" if seconds else "") + ". "
+        f"Measured {oldest.get('time')} to {newest.get('time')}, up to git `{(newest.get('git_sha') or '')[:12]}` (each "
+        f"row's commit in its last column); {m.get('cores')} cores, torch threads {m.get('torch_threads')}, load average "
+        f"{m.get('load_avg')} at the newest row" + (f", {seconds / 60:.1f} min in all" if seconds else "") + ". "
         f"Ratios are ratios of the medians of {_reps(rows)} interleaved repetitions (A B A B …); in brackets the lowest, "
         f"median and highest ratio of a single repetition. Absolute numbers move with the machine's load.\n\n"
         f"{table(rows)}\n"
