@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the run layer's type: the report is handed a resolved confi
 
 HEADLINE = ("helpful", "harmless", "combined")
 # Scalars of the world's aggregate that are not behaviour rates.
-_NOT_RATES = {*HEADLINE, "reward", "n"}
+_NOT_RATES = {*HEADLINE, "reward", "n", "pgr_note"}
 # Where the sandbox's gold reward may live, newest layout first (the data manifest names it).
 _GOLD_MODULES = ("macpo.eval.sandbox", "macpo.eval.sandbox.reward", "macpo.eval.world")
 

@@ -111,6 +111,8 @@ def test_report_lists_every_agent_with_rates_tasks_and_pgr(run):
     cfg, out = run
     path = report.write_report(cfg)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header  # pgr_note was written twice (once as a "rate")
     by = {(r["round"], r["agent"]): r for r in rows}
     assert set(by) >= {("0", "student"), ("0", "teacher-0"), ("0", "teacher-1"), ("0", "ceiling"), ("1", "teacher-1")}
     # PGR: weak = teacher-0 round 0 = (0.25 + 0.5) / 2 = 0.375; ceiling 1.0
