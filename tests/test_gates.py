@@ -62,9 +62,11 @@ def test_filter_rates_on_a_hand_made_table():
     worse = G.filter_rates(rows[3:6])
     assert worse["filter"] == 0.0 and not G.filter_beats_random(worse)["pass"]
     assert G.filter_rates([])["filter"] is None and not G.filter_beats_random(G.filter_rates([]))["pass"]
-    # K=1: one candidate per prompt, the pick is forced: not measured (rather than failed at 1.0 vs 1.0)
+    # K=1: one candidate per prompt, the pick is forced: the gate does not apply (a K=1 run's report
+    # said "PREMISE GATES FAILED" and withheld its PGR over a filter the run does not have)
     one = G.filter_beats_random(G.filter_rates([r for r in rows if r["agent"] == "teacher-1"]))
-    assert one["value"] is None and "K=1" in one["detail"]
+    assert one["value"] is None and one["pass"] and one["detail"].startswith("does not apply") and "K=1" in one["detail"]
+    assert "[n/a] filter-beats-random" in G.render([one]) and "all pass" in G.render([one])
 
 
 def test_all_gates_and_render():

@@ -64,7 +64,17 @@ def _gate(name: str, value, threshold, passed: bool, detail: str) -> dict:
 
 
 def _na(name: str, threshold, why: str) -> dict:
+    """A gate whose inputs are missing: it fails (a premise nobody measured does not hold)."""
     return {"name": name, "value": None, "threshold": threshold, "pass": False, "detail": f"not measured: {why}"}
+
+
+def _does_not_apply(name: str, why: str) -> dict:
+    """A gate about a part of the method the run's configuration does not have (the filter with one
+    teacher): it holds vacuously, says so, and leaves the other gates to decide the premise."""
+    return {"name": name, "value": None, "threshold": None, "pass": True, "detail": f"{DOES_NOT_APPLY}: {why}"}
+
+
+DOES_NOT_APPLY = "does not apply"
 
 
 def student_below_teachers(pretrained: float | None, teachers: Mapping[str, float]) -> dict:
@@ -131,7 +141,7 @@ def filter_beats_random(rates: Mapping[str, Any] | None) -> dict:
     if not rates or rates.get("filter") is None:
         return _na(name, None, "no round-1 teacher candidates with a gold-correct response yet")
     if rates.get("max_candidates", 2) < 2:  # K=1: the pick is forced, filter and random agree by construction
-        return _na(name, None, "one teacher candidate per prompt (K=1): the filter has nothing to choose between")
+        return _does_not_apply(name, "one teacher candidate per prompt (K=1): the filter has nothing to choose between")
     return _gate(name, rates["filter"], rates["random"], rates["filter"] > rates["random"],
                  f"{rates['prompts']} of {rates['all_prompts']} Q prompts have a gold-correct teacher candidate; "
                  f"filter picks one {rates['filter']:.3f}, random pick {rates['random']:.3f}")
@@ -419,6 +429,6 @@ def render(gates: list[Mapping[str, Any]]) -> str:
     head = "premise gates: all pass" if not failed else f"premise gates: {len(failed)} FAILED ({', '.join(failed)})"
     lines = [head]
     for g in gates:
-        mark = "pass" if g["pass"] else "FAIL"
+        mark = "n/a" if g["value"] is None and g["pass"] else "pass" if g["pass"] else "FAIL"
         lines.append(f"  [{mark}] {g['name']}: {_num(g['value'])} (threshold {_num(g['threshold'])}) - {g['detail']}")
     return "\n".join(lines)
