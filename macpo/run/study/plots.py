@@ -24,10 +24,11 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
             ax.plot([c.mean], [y], "o", color="C3" if s["variant"] == BASELINE else "C0")
         ax.set_yticks(ys)
         ax.set_yticklabels([s["variant"] for s in shown])
-        ax.set_xlabel("combined gold reward (mean over seeds, 95% bootstrap interval)")
+        ax.set_xlabel("gold reward, the axis's headline (mean over seeds, 95% bootstrap interval)")
         ax.grid(alpha=0.3, axis="x")
         names.append(_save(plt, fig, out / "study_combined.png").name)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    rounds = set()
     for v in variants:
         pts = {}
         for r in rows:
@@ -35,13 +36,15 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
                 pts.setdefault(r["round"], []).append(r["combined"])
         if len(pts) > 1:
             xs = sorted(pts)
+            rounds.update(xs)
             ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=v, lw=2.5 if v == "macpo" else 1.2)
     if ax.lines:
         base = [r["combined"] for r in rows if r["variant"] == BASELINE and r["agent"] == "student" and r["combined"] is not None]
         if base:
             ax.axhline(sum(base) / len(base), color="grey", ls="--", lw=1, label=BASELINE)
+        ax.set_xticks(sorted(rounds))
         ax.set_xlabel("round")
-        ax.set_ylabel("student combined gold reward (mean over seeds)")
+        ax.set_ylabel("student gold reward, the axis's headline (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         names.append(_save(plt, fig, out / "study_rounds.png").name)
