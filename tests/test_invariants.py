@@ -50,7 +50,8 @@ def test_a_field_added_with_its_default_leaves_a_finished_run_up_to_date(ci_run,
     def must_not_run(step, *args, **kwargs):
         raise AssertionError(f"step {step.name!r} would run again")
 
-    monkeypatch.setattr(execute_mod, "run_step", must_not_run)
+    # Before a step's outputs are removed (the shared run is read by other tests), not at run_step.
+    monkeypatch.setattr(execute_mod, "_restore_or_run", must_not_run)
     try:
         cfg = config_mod.load(out / "run.yaml", {})
         assert isinstance(cfg, run_plus) and isinstance(cfg.train["dpo"], train_plus)
