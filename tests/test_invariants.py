@@ -5,6 +5,7 @@ run computes, not a refactor. And a finished run stays finished when the config 
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -65,3 +66,19 @@ def test_a_field_added_with_its_default_leaves_a_finished_run_up_to_date(ci_run,
             execute_mod.execute(config_mod.load(out / "run.yaml", {"new_knob": "1"}), out / "run.yaml")
     finally:
         state.write_bytes(recorded)
+
+
+def test_a_moved_run_is_still_up_to_date(ci_run, monkeypatch, capsys, tmp_path):
+    """Step keys hold paths inside the run relative to it: a finished run copied (or moved) to
+    another folder resumes with nothing to do, instead of redoing (and first removing) every step."""
+    out = tmp_path / "moved"
+    shutil.copytree(ci_run[0], out, symlinks=True)
+
+    def must_not_run(step, *args, **kwargs):
+        raise AssertionError(f"step {step.name!r} would run again")
+
+    monkeypatch.setattr(execute_mod, "_restore_or_run", must_not_run)
+    capsys.readouterr()
+    execute_mod.execute(config_mod.load(out / "run.yaml", {"out": str(out)}), out / "run.yaml")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines and all(line.endswith(": up to date") for line in lines)

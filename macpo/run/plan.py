@@ -188,9 +188,12 @@ def step_keys(cfg: RunConfig, steps: list[Step]) -> dict[str, str]:
     # executor/ray say where build shards run, not what they compute (same round content hash), so
     # moving a run onto a Ray cluster redoes no step.
     shared = {k: v for k, v in base.items() if k not in {"train", "eval", "out", "executor", "ray"}}
+    # Paths inside the run's folder are keyed relative to it: a run moved or copied elsewhere is
+    # still up to date (and a step about to run again removes its outputs first).
+    run = str(Path(cfg.out).resolve())
     keys: dict[str, str] = {}
     for s in steps:
-        argv = [a for a in s.keyed_argv() if a != sys.executable]
+        argv = [a.replace(run, "$RUN") for a in s.keyed_argv() if a != sys.executable]
         sections = {k: _dotted(base, k) for k in s.config_sections}
         if s.name != "report" and isinstance(sections.get("eval"), dict):
             # Only the report asks the LLM judge: adding or changing eval.judge must not redo generation.
