@@ -184,11 +184,13 @@ def main(argv=None) -> int:
         if len(hashes["ray_2_workers"] | hashes["local_1_thread"]) != 1:
             raise AssertionError(f"ray and local builds differ: {hashes}")
         ours, base = common.median(runs["ray_2_workers"]), common.median(runs["local_1_thread"])
+        rep_speedups = common.paired(runs, lambda a, b: b / a, ours="ray_2_workers")
+        rep_ceilings = [2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])]
         ratio = base / ours
         shards = f"{prompts} prompts, shards of {shard_size}, {new_tokens} new tokens, width {hidden}"
         common.report(
             "build_ray_speedup", ratio=ratio, ours=ours, baseline=base, unit="s", args=args,
-            runs=runs, rep_ratios=common.paired(runs, lambda a, b: b / a, ours="ray_2_workers"),
+            runs=runs, rep_ratios=rep_speedups,
             extra={"schedule": args.schedule, "prompts": prompts, "shard_size": shard_size, "new_tokens": new_tokens, "hidden": hidden, "content_hash": hashes["ray_2_workers"].pop(),
                    "shards_per_worker": sorted(served.values()), "startup_seconds": t_ready},
             size=shards,
@@ -196,12 +198,10 @@ def main(argv=None) -> int:
         both, one = common.median(runs["cpu_2_processes"]), common.median(runs["cpu_1_process"])
         common.report(
             "build_ray_machine_ceiling", ratio=2 * one / both, ours=both, baseline=2 * one, unit="s", args=args,
-            rep_ratios=[2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])],
+            rep_ratios=rep_ceilings,
             size="2 copies of a pure-Python loop in 2 processes at once vs 1 copy in 1 process, x2; in the same reps",
         )
         ceiling = 2 * one / both
-        rep_speedups = common.paired(runs, lambda a, b: b / a, ours="ray_2_workers")
-        rep_ceilings = [2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])]
         common.report(
             "build_ray_of_ceiling", ratio=ratio / ceiling, ours=ratio, baseline=ceiling, unit="x", args=args,
             target=f">= {TARGET_OF_CEILING} (build_ray_speedup / build_ray_machine_ceiling, same reps)",
@@ -212,8 +212,7 @@ def main(argv=None) -> int:
         # The warm-up build is not a rep: keep the last reps' splits, paired with the ceiling of the same rep.
         reps = len(runs["cpu_1_process"])
         ray_s, loc_s = splits["ray_2_workers"][-reps:], splits["local_1_thread"][-reps:]
-        ceilings = [2 * a / b for a, b in zip(runs["cpu_1_process"], runs["cpu_2_processes"])]
-        lost = [_lost(r, lo, c) for r, lo, c in zip(ray_s, loc_s, ceilings)]
+        lost = [_lost(r, lo, c) for r, lo, c in zip(ray_s, loc_s, rep_ceilings)]
         med = {side: {k: common.median([x[k] for x in xs]) for k in xs[0]} for side, xs in (("ray", ray_s), ("local", loc_s))}
         med_lost = {k: common.median([x[k] for x in lost]) for k in lost[0]}
         r, lo = med["ray"], med["local"]
@@ -228,7 +227,7 @@ def main(argv=None) -> int:
         common.report(
             "build_ray_time_split", ratio=None, ours=r["wall"], baseline=lo["wall"], unit="s", args=args,
             rep_values=[x["wall"] for x in ray_s],
-            extra={"schedule": args.schedule, "ray": ray_s, "local": loc_s, "ceilings": ceilings, "lost": lost,
+            extra={"schedule": args.schedule, "ray": ray_s, "local": loc_s, "ceilings": rep_ceilings, "lost": lost,
                    "median_lost": med_lost, "worker_loads": loads},
             size=line,
         )

@@ -68,13 +68,13 @@ def _na(name: str, threshold, why: str) -> dict:
     return {"name": name, "value": None, "threshold": threshold, "pass": False, "detail": f"not measured: {why}"}
 
 
+DOES_NOT_APPLY = "does not apply"
+
+
 def _does_not_apply(name: str, why: str) -> dict:
     """A gate about a part of the method the run's configuration does not have (the filter with one
     teacher): it holds vacuously, says so, and leaves the other gates to decide the premise."""
     return {"name": name, "value": None, "threshold": None, "pass": True, "detail": f"{DOES_NOT_APPLY}: {why}"}
-
-
-DOES_NOT_APPLY = "does not apply"
 
 
 def student_below_teachers(pretrained: float | None, teachers: Mapping[str, float]) -> dict:
