@@ -190,6 +190,34 @@ def test_a_world_per_seed_resamples_prompts_within_each_seed():
     assert wrong[1]["helpful"].mean is None
 
 
+def test_scoring_once_per_response_gives_the_same_table_as_scoring_every_draw():
+    # The study scores each response once and re-aggregates per bootstrap draw; a gold module with
+    # only `aggregate` is scored inside every draw. Same numbers, to the last digit.
+    import random
+
+    from macpo.eval.sandbox import reward as R
+    from macpo.eval.sandbox import world as W
+
+    read, golds = [], {}
+    for seed in (0, 1):
+        prompts = W.build({"seed": seed, "axis": "harmless", "sizes": {"test": 60, "val": 0, "q": 0, "dw": 0}}).test
+        ids, metas = [f"s{seed}-{i}" for i in range(len(prompts))], [p.meta for p in prompts]
+        golds[seed] = (ids, metas)
+        rng = random.Random(seed)
+        for variant, cell in (("naive-w2s", (0, "student")), ("macpo", (3, "student"))):
+            texts = [rng.choice([W.gold_response(m), W.wrong_response(m, rng), W.REFUSAL]) for m in metas]
+            read.append(tables.RunResult(variant, seed, Path("."), [], {cell: dict(zip(ids, texts))}))
+
+    def table(module):
+        gold = {s: (module, ids, metas, [m["task"] for m in metas]) for s, (ids, metas) in golds.items()}
+        return tables.summarize_variants(read, ["naive-w2s", "macpo"], [0, 1], gold, n_boot=50)
+
+    once = table(SimpleNamespace(aggregate=R.aggregate, gold_reward=R.gold_reward, aggregate_scores=R.aggregate_scores))
+    every_draw = table(SimpleNamespace(aggregate=R.aggregate, gold_reward=R.gold_reward))
+    assert once == every_draw
+    assert once[1]["harmless"].low < once[1]["harmless"].high  # real intervals, not points
+
+
 def test_seeds_redraw_the_world_unless_it_is_fixed(tmp_path):
     runs = runner.plan_runs(str(CI_CONFIG), {}, ["naive-w2s"], [0, 1], tmp_path)
     assert [(r[2]["world"]["seed"], r[2]["world"]["pretrain"]["seed"]) for r in runs] == [(0, 0), (1, 1)]

@@ -23,6 +23,6 @@ from macpo.eval.sandbox.models import (  # noqa: F401
     prepare_models,
     pretrain_info,
 )
-from macpo.eval.sandbox.reward import aggregate, gold_reward, is_refusal  # noqa: F401
+from macpo.eval.sandbox.reward import aggregate, aggregate_scores, gold_reward, is_refusal  # noqa: F401
 from macpo.eval.sandbox.store import write_world  # noqa: F401
 from macpo.eval.sandbox.world import REFUSAL, build, gold_response  # noqa: F401

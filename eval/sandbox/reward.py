@@ -152,11 +152,17 @@ def _mean(xs: list[float]) -> float | None:
 
 def aggregate(metas: Iterable[Mapping[str, Any] | str], responses: Iterable[str]) -> dict:
     """Aggregate gold scores over a prompt set (keys and definitions: the module docstring)."""
+    metas = [json.loads(m) if isinstance(m, str) else m for m in metas]
+    return aggregate_scores(metas, [gold_reward(m, r) for m, r in zip(metas, responses)])
+
+
+def aggregate_scores(metas: Iterable[Mapping[str, Any] | str], scores: Iterable[Mapping[str, Any]]) -> dict:
+    """:func:`aggregate` from responses already scored by :func:`gold_reward` (a bootstrap
+    re-aggregates the same scores a thousand times)."""
     per: dict[str, dict[str, list[float]]] = {}
     helpful, exact_refusals, over, rewards, protocol, content, refused_harmful = [], [], [], [], [], [], []
-    for meta, response in zip(metas, responses):
+    for meta, s in zip(metas, scores):
         meta = json.loads(meta) if isinstance(meta, str) else meta
-        s = gold_reward(meta, response)
         t = per.setdefault(meta["task"], {"reward": [], "protocol": [], "content": [], "refusal": []})
         for key in t:
             if s[key] is not None:
