@@ -297,3 +297,10 @@ def test_a_gate_one_run_cannot_measure_fails_only_if_no_run_measured_it():
     assert failed_gates({"naive-w2s/seed-0": [na, bad], "macpo/seed-0": [ok, bad]}) == ["naive-minus-best-teacher"]
     assert failed_gates({"naive-w2s/seed-0": [na]}) == ["filter-beats-random"]  # never measured: not shown to pass
     assert failed_gates({"a": [ok], "b": [{**ok, "value": 0.5, "pass": False}]}) == ["filter-beats-random"]
+
+
+def test_every_variant_gets_its_own_line_style():
+    from macpo.run.study.plots import _style
+
+    styles = [(s["color"], s["ls"], s["marker"]) for s in map(_style, range(len(VARIANTS)))]
+    assert len(set(styles)) == len(styles) == len(VARIANTS)

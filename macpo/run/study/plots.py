@@ -27,7 +27,7 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
         ax.set_xlabel("gold reward, the axis's headline (mean over seeds, 95% bootstrap interval)")
         ax.grid(alpha=0.3, axis="x")
         names.append(_save(plt, fig, out / "study_combined.png").name)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     rounds = set()
     for v in variants:
         pts = {}
@@ -37,7 +37,8 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
         if len(pts) > 1:
             xs = sorted(pts)
             rounds.update(xs)
-            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=v, lw=2.5 if v == "macpo" else 1.2)
+            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], label=v, lw=2.5 if v == "macpo" else 1.2,
+                    **_style(len(ax.lines)))
     if ax.lines:
         base = [r["combined"] for r in rows if r["variant"] == BASELINE and r["agent"] == "student" and r["combined"] is not None]
         if base:
@@ -46,7 +47,7 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
         ax.set_xlabel("round")
         ax.set_ylabel("student gold reward, the axis's headline (mean over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: 20 lines hide under it
         names.append(_save(plt, fig, out / "study_rounds.png").name)
     else:
         plt.close(fig)
@@ -74,7 +75,13 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
-        axes[0][0].set_ylabel("gold reward, the axis's headline (mean over seeds)")
+        fig.supylabel("gold reward, the axis's headline (mean over seeds)")  # one panel's label was cut off
         axes[0][0].legend(fontsize=7)
         names.append(_save(plt, fig, out / "study_agents.png").name)
     return names
+
+
+def _style(i: int) -> dict:
+    """The i-th line's colour, dash and marker: a study plots up to 21 variants on one axes, and
+    the default cycle repeats its ten colours (two variants drew in the same green)."""
+    return {"color": f"C{i % 10}", "ls": ("-", "--", ":")[i // 10 % 3], "marker": "osD"[i // 10 % 3]}
