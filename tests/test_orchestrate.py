@@ -62,6 +62,17 @@ def test_step_keys_chain_through_dependencies(tmp_path):
     assert kc["build round-0-teachers"] != ka["build round-0-teachers"]  # conservative: shared settings key every step
 
 
+
+def test_step_keys_hold_the_run_folder_not_a_sibling_sharing_its_prefix(tmp_path):
+    def key(out, *paths):
+        cfg = _cfg(tmp_path, out=str(tmp_path / out))
+        return step_keys(cfg, [Step("a", ["macpo", "x", *(str(tmp_path / p) for p in paths)], done=lambda: False)])
+
+    # The run's own paths follow it when it moves; a sibling's ("out-2" beside "out") stays where it is.
+    assert key("out", "out/store", "out-2/data") == key("moved", "moved/store", "out-2/data")
+    assert key("out", "out/store", "out-2/data") != key("moved", "moved/store", "moved-2/data")
+
+
 def train_jobs(cfg) -> dict[str, dict]:
     """'<step>/<agent>' -> the TrainConfig fields its trainer job receives."""
     out = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +191,12 @@ def step_keys(cfg: RunConfig, steps: list[Step]) -> dict[str, str]:
     shared = {k: v for k, v in base.items() if k not in {"train", "eval", "out", "executor", "ray"}}
     # Paths inside the run's folder are keyed relative to it: a run moved or copied elsewhere is
     # still up to date (and a step about to run again removes its outputs first).
-    run = str(Path(cfg.out).resolve())
+    # Only the folder itself or a path below it: a sibling sharing its prefix (`out-2` beside `out`)
+    # stays absolute, or it would follow the run when the run moves.
+    inside = re.compile(re.escape(str(Path(cfg.out).resolve())) + r"(?=/|$)")
     keys: dict[str, str] = {}
     for s in steps:
-        argv = [a.replace(run, "$RUN") for a in s.keyed_argv() if a != sys.executable]
+        argv = [inside.sub("$RUN", a) for a in s.keyed_argv() if a != sys.executable]
         sections = {k: _dotted(base, k) for k in s.config_sections}
         if s.name != "report" and isinstance(sections.get("eval"), dict):
             # Only the report asks the LLM judge: adding or changing eval.judge must not redo generation.

@@ -82,6 +82,6 @@ def plot_study(out: Path, summary: list[dict], rows: list[dict], variants: list[
 
 
 def _style(i: int) -> dict:
-    """The i-th line's colour, dash and marker: a study plots up to 21 variants on one axes, and
-    the default cycle repeats its ten colours (two variants drew in the same green)."""
+    """The i-th line's colour, dash and marker: a study plots every variant on one axes, and the
+    default cycle repeats its ten colours (two variants drew in the same green)."""
     return {"color": f"C{i % 10}", "ls": ("-", "--", ":")[i // 10 % 3], "marker": "osD"[i // 10 % 3]}
